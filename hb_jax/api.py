@@ -1,0 +1,101 @@
+"""The small public Python API: `load(path, mesh=None) -> LanguageModel`.
+
+    from hb_jax import api
+    lm = api.load("runs/demo/models/m2")
+    logits = lm.logits(np.array([[1, 450, 4996]]))      # float32 [B, T, V]
+
+The model's graph and parameters are split once; every call runs a jitted pure function of
+(params, arrays), so no Python object traversal happens per call.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hb_jax import checkpoint
+from hb_jax.config import ModelConfig
+from hb_jax.model.llama import Llama
+from hb_jax.parallel import SERVE_RULES, Rules, data_sharding, single_device_mesh
+
+
+def build_model(cfg: ModelConfig, params: dict[str, Any]) -> Llama:
+  """A Llama module holding `params` (a nested dict of arrays, e.g. from restore_params)."""
+  abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_logits(graphdef, state, tokens):
+  model = nnx.merge(graphdef, state)
+  logits, _ = model(tokens)
+  return logits
+
+
+class LanguageModel:
+  """A loaded model: config, parameters on a mesh, and the tokenizer when the folder has one."""
+
+  def __init__(self, cfg: ModelConfig, params: dict[str, Any], mesh: Mesh, tokenizer=None,
+               path: str | None = None, rules: Rules = SERVE_RULES):
+    self.cfg = cfg
+    self.mesh = mesh
+    self.rules = rules
+    self.tokenizer = tokenizer
+    self.path = path
+    self.model = build_model(cfg, params)
+    self.graphdef, self.state = nnx.split(self.model)
+
+  @property
+  def params(self) -> dict[str, Any]:
+    return nnx.to_pure_dict(self.state)
+
+  def _batch_sharding(self, ndim: int = 2) -> NamedSharding:
+    return data_sharding(self.mesh, ndim, self.rules)
+
+  def put_batch(self, array: np.ndarray) -> jax.Array:
+    """Places a [B, ...] host array on the mesh, split over the data axes when B divides evenly."""
+    sharding = self._batch_sharding(array.ndim)
+    ways = int(np.prod([self.mesh.shape[a] for a in _spec_axes(sharding.spec[0])]))
+    if array.shape[0] % ways:
+      sharding = NamedSharding(self.mesh, P())
+    return jax.device_put(array, sharding)
+
+  def logits(self, tokens) -> np.ndarray:
+    """float32 [B, T, V] logits for int32 [B, T] tokens (no padding assumed: one segment per row)."""
+    tokens = np.asarray(tokens, dtype=np.int32)
+    if tokens.ndim != 2:
+      raise ValueError(f"logits: tokens must be [batch, length], found shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
+      raise ValueError(f"logits: token ids must be in [0, {self.cfg.vocab_size}), found "
+                       f"[{tokens.min()}, {tokens.max()}]")
+    with jax.set_mesh(self.mesh):
+      out = _forward_logits(self.graphdef, self.state, self.put_batch(tokens))
+    return np.asarray(jax.device_get(out), dtype=np.float32)
+
+
+def _spec_axes(entry) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def load(path, mesh: Mesh | None = None, rules: Rules = SERVE_RULES) -> LanguageModel:
+  """Opens a model folder onto `mesh` (default: one device), resharding the stored params as needed."""
+  path = epath.Path(path)
+  cfg = checkpoint.read_model_config(path)
+  mesh = mesh or single_device_mesh()
+  params = checkpoint.restore_params(path, cfg, mesh, rules)
+  tokenizer = None
+  tok_path = checkpoint.tokenizer_path(path)
+  if tok_path is not None:
+    from hb_jax.tokenizer import load_tokenizer  # the data layer's module; absent tokenizers are fine
+    tokenizer = load_tokenizer(tok_path)
+  return LanguageModel(cfg, params, mesh, tokenizer=tokenizer, path=str(path), rules=rules)

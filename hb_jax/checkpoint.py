@@ -1,0 +1,169 @@
+"""Model folders: `model.json` + `params/` (an Orbax PyTree checkpoint) + the tokenizer file, if any.
+
+`model.json` is written last and is the folder's commit marker: a folder without it is incomplete and is
+refused by `load`, so a crash mid-write never leaves something that looks like a model. This works the same
+on local disks and object stores (no rename needed). Params are stored as a plain nested dict of arrays
+(`embed_tokens.embedding`, `layers.self_attn.q_proj.kernel` [layers, embed, heads, head_dim], ...), so any
+Orbax user can restore them without hb_jax; `restore_params` reshards onto whatever mesh it is given.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from hb_jax.config import ModelConfig
+from hb_jax.parallel import Rules, SERVE_RULES, logical_to_spec
+
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+class CheckpointError(RuntimeError):
+  """A model folder is missing, incomplete, or does not match its model.json."""
+
+
+def is_model_folder(path) -> bool:
+  path = epath.Path(path)
+  return (path / MODEL_JSON).exists() and (path / PARAMS_DIR).exists()
+
+
+def read_model_config(path) -> ModelConfig:
+  path = epath.Path(path)
+  cfg_path = path / MODEL_JSON
+  if not cfg_path.exists():
+    hint = " (params/ exists: the folder was not finished being written)" if (path / PARAMS_DIR).exists() else ""
+    raise CheckpointError(f"{path}: not a model folder, {MODEL_JSON} is missing{hint}")
+  return ModelConfig.from_json(cfg_path.read_text(), where=str(cfg_path))
+
+
+def _pure(params: Any) -> Any:
+  """nnx.State or nested dict -> nested dict of arrays."""
+  if isinstance(params, nnx.State):
+    return nnx.to_pure_dict(params)
+  return params
+
+
+def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=None,
+                      extra_json: dict[str, Any] | None = None, overwrite: bool = False) -> epath.Path:
+  """Writes a model folder. `params` is an nnx.State or a nested dict of (numpy or jax) arrays.
+
+  Refuses to write into an existing model folder unless `overwrite`; a stale incomplete folder (no
+  model.json) is cleared first. model.json is written only after params/ has been committed.
+  """
+  path = epath.Path(path)
+  if (path / MODEL_JSON).exists():
+    if not overwrite:
+      raise CheckpointError(f"{path}: a model folder already exists there (pass overwrite=True)")
+    (path / MODEL_JSON).unlink()
+  if (path / PARAMS_DIR).exists():
+    (path / PARAMS_DIR).rmtree()
+  path.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path / PARAMS_DIR, _pure(params))
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if tokenizer_file is not None:
+    src = epath.Path(tokenizer_file)
+    src.copy(path / src.name, overwrite=True)
+  meta = cfg.to_dict()
+  if extra_json:
+    meta["extra"] = extra_json
+  if jax.process_index() == 0:
+    (path / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
+  return path
+
+
+def tokenizer_path(path) -> epath.Path | None:
+  path = epath.Path(path)
+  for name in TOKENIZER_FILES:
+    if (path / name).exists():
+      return path / name
+  return None
+
+
+def abstract_params(cfg: ModelConfig) -> nnx.State:
+  """Shapes, dtypes and logical-axis metadata of a model's params, without allocating them."""
+  from hb_jax.model.llama import Llama
+
+  return nnx.state(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def params_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULES) -> Any:
+  """A nested dict of NamedShardings matching `params/`, for `rules` on `mesh`."""
+  mesh_shape = dict(mesh.shape)
+  state = abstract_params(cfg)
+
+  def sharding(var):
+    spec = logical_to_spec(var.get_metadata()["logical_axes"], var.shape, rules, mesh_shape)
+    return NamedSharding(mesh, spec)
+
+  return nnx.to_pure_dict(jax.tree.map(sharding, state, is_leaf=lambda v: isinstance(v, nnx.Variable)))
+
+
+def restore_params(path, cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULES) -> dict[str, Any]:
+  """Restores `path/params` as jax arrays laid out for `rules` on `mesh` (resharding as needed).
+
+  The stored tree is checked against the config first, so a mismatch names the tensor, the expected and
+  the found shape instead of failing deep inside Orbax.
+  """
+  path = epath.Path(path)
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    stored = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
+  except FileNotFoundError as e:
+    raise CheckpointError(f"{path}: {PARAMS_DIR}/ is missing or unreadable: {e}") from e
+  expected = jax.tree.map(lambda v: v, nnx.to_pure_dict(abstract_params(cfg)))
+  check_tree_matches(expected, stored, where=str(path / PARAMS_DIR))
+  shardings = params_shardings(cfg, mesh, rules)
+  target = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype), sharding=s), expected, shardings)
+  restored = checkpointer.restore(path / PARAMS_DIR, target)
+  checkpointer.close()
+  return restored
+
+
+def check_tree_matches(expected: dict, found: dict, where: str) -> None:
+  """Raises CheckpointError naming missing, extra, and mis-shaped tensors (dotted names)."""
+  flat_e = {".".join(map(str, k)): v for k, v in _flatten(expected)}
+  flat_f = {".".join(map(str, k)): v for k, v in _flatten(found)}
+  problems = []
+  for name in sorted(set(flat_e) - set(flat_f)):
+    problems.append(f"missing tensor {name} (expected shape {tuple(flat_e[name].shape)})")
+  for name in sorted(set(flat_f) - set(flat_e)):
+    problems.append(f"unexpected tensor {name} (shape {tuple(flat_f[name].shape)})")
+  for name in sorted(set(flat_e) & set(flat_f)):
+    if tuple(flat_e[name].shape) != tuple(flat_f[name].shape):
+      problems.append(f"tensor {name}: expected shape {tuple(flat_e[name].shape)}, "
+                      f"found {tuple(flat_f[name].shape)}")
+  if problems:
+    raise CheckpointError(f"{where}: params do not match model.json:\n  " + "\n  ".join(problems))
+
+
+def _flatten(tree: dict, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flatten(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
+def remove_tree(path) -> None:
+  """Deletes a (possibly partial) output folder; used to leave nothing half-written after a failure."""
+  path = epath.Path(path)
+  if path.exists():
+    if path.is_dir():
+      try:
+        path.rmtree()
+      except AttributeError:
+        shutil.rmtree(str(path))
+    else:
+      path.unlink()

@@ -1,0 +1,56 @@
+"""The KV cache: per-layer keys/values plus per-slot positions and segment ids, with a write index per row.
+
+Rows advance independently (`index[b]` is row b's next free slot), so a left-padded batch, rows refilled
+with new prompts mid-decode, and a shared prefix all use the same masking rule as training: a query sees a
+slot iff the slot holds its segment and a position not after its own (see llama.attention_mask). Empty
+slots carry segment id 0, which no real token has, so they are never attended to.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+
+@struct.dataclass
+class KVCache:
+  k: Array  # [layers, batch, slots, kv_heads, head_dim]
+  v: Array  # [layers, batch, slots, kv_heads, head_dim]
+  positions: Array  # int32 [batch, slots]: the RoPE position of the token in each slot
+  segment_ids: Array  # int32 [batch, slots]: 0 for empty slots
+  index: Array  # int32 [batch]: next slot each row writes to
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, slots: int, num_kv_heads: int, head_dim: int,
+            dtype=jnp.float32) -> "KVCache":
+    shape = (num_layers, batch, slots, num_kv_heads, head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+               positions=jnp.zeros((batch, slots), jnp.int32),
+               segment_ids=jnp.zeros((batch, slots), jnp.int32),
+               index=jnp.zeros((batch,), jnp.int32))
+
+  @property
+  def slots(self) -> int:
+    return self.k.shape[2]
+
+  def advance(self, positions: Array, segment_ids: Array) -> "KVCache":
+    """Records the positions/segments of T new tokens at each row's index (K/V are written per layer).
+
+    The returned cache still carries the old `index` (the layers write K/V there); the caller moves it on
+    with `moved(T)` afterwards. Callers must keep index + T <= slots: dynamic_update_slice would clamp.
+    """
+    return self.replace(positions=write_rows(self.positions, positions, self.index),
+                        segment_ids=write_rows(self.segment_ids, segment_ids, self.index))
+
+  def moved(self, steps: int | Array) -> "KVCache":
+    return self.replace(index=self.index + steps)
+
+
+def write_rows(buffer: Array, update: Array, index: Array) -> Array:
+  """buffer[b, index[b]:index[b]+T] = update[b] for every row b."""
+  def one_row(buf, upd, i):
+    start = (i,) + (0,) * (buf.ndim - 1)
+    return jax.lax.dynamic_update_slice(buf, upd, start)
+  return jax.vmap(one_row)(buffer, update, index)

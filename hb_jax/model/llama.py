@@ -1,0 +1,302 @@
+"""The LLaMA network in Flax NNX.
+
+Parameter names follow Hugging Face (`embed_tokens`, `layers.self_attn.q_proj`, ...) and RoPE uses HF's
+rotate-half layout, so converting a HF checkpoint is a transpose and a reshape, never a permutation.
+Projection kernels keep their head axis explicit (`q_proj.kernel: [embed, heads, head_dim]`) so every
+contraction reads as an einsum over named axes.
+
+The layers are stacked along a leading `layers` axis and applied with `jax.lax.scan`: compile time does not
+grow with depth (80 layers compile like 1), and the stacked layout is what FSDP shards and Orbax saves.
+
+Attention masking is one rule for training, packing, left padding and the KV cache: a query sees a key
+iff they share a segment id and the key's position is not after the query's. Segment id 0 marks padding.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hb_jax.config import ModelConfig
+from hb_jax.model.kv_cache import KVCache, write_rows
+from hb_jax.parallel import constrain
+
+Array = jax.Array
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+  """The matmul dtype: bfloat16 on accelerators when cfg.dtype == 'auto', float32 on CPU."""
+  if cfg.dtype == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return jnp.dtype(cfg.dtype)
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, *, fan_in: int | None = None, init: str = "normal"):
+  """A parameter tagged with its logical axis names (parallel.py maps them to mesh axes)."""
+  if init == "ones":
+    value = jnp.ones(shape, dtype)
+  else:
+    std = 1.0 / math.sqrt(fan_in) if fan_in else 0.02
+    value = (std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)).astype(dtype)
+  return nnx.Param(value, logical_axes=tuple(axes))
+
+
+class Projection(nnx.Module):
+  """A bias-free linear map whose kernel keeps named axes; applied with an explicit einsum."""
+
+  def __init__(self, shape, axes, param_dtype, *, fan_in: int, rngs: nnx.Rngs):
+    self.kernel = _param(rngs, shape, axes, param_dtype, fan_in=fan_in)
+
+  def __call__(self, x: Array, equation: str) -> Array:
+    return jnp.einsum(equation, x, self.kernel[...].astype(x.dtype))
+
+
+class RMSNorm(nnx.Module):
+  """y = w * x / sqrt(mean(x^2) + eps), computed in float32."""
+
+  def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+    self.eps = eps
+    self.weight = _param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (self.weight[...].astype(jnp.float32) * normed).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Array:
+  """Inverse frequencies theta^(-2i/d), with LLaMA-3.1's low/high frequency rescaling when configured."""
+  d = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv_freq
+  wavelen = 2 * math.pi / inv_freq
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+  """Rotate-half RoPE. x: [B, T, N, D], positions: [B, T]."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+  """Inverted dropout; identity when key is None (inference) or rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def attention_mask(q_pos: Array, q_seg: Array, kv_pos: Array, kv_seg: Array) -> Array:
+  """[B, T, S] boolean: same segment and key not after query."""
+  same_segment = q_seg[:, :, None] == kv_seg[:, None, :]
+  causal = kv_pos[:, None, :] <= q_pos[:, :, None]
+  return same_segment & causal
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention: heads = kv_heads x groups; K/V are shared within a group."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, k, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pd = jnp.dtype(cfg.param_dtype)
+    self.q_proj = Projection((d, h, hd), ("embed", "heads", "head_dim"), pd, fan_in=d, rngs=rngs)
+    self.k_proj = Projection((d, k, hd), ("embed", "kv_heads", "head_dim"), pd, fan_in=d, rngs=rngs)
+    self.v_proj = Projection((d, k, hd), ("embed", "kv_heads", "head_dim"), pd, fan_in=d, rngs=rngs)
+    self.o_proj = Projection((h, hd, d), ("heads", "head_dim", "embed"), pd, fan_in=h * hd, rngs=rngs)
+
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, inv_freq: Array,
+               layer_cache: tuple[Array, Array] | None, cache_meta: KVCache | None):
+    dt = x.dtype
+    q = self.q_proj(x, "btd,dnh->btnh")
+    k = self.k_proj(x, "btd,dkh->btkh")
+    v = self.v_proj(x, "btd,dkh->btkh")
+    q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
+    k = apply_rope(k, positions, inv_freq)
+
+    if layer_cache is None:
+      keys, values, kv_pos, kv_seg = k, v, positions, segment_ids
+      new_layer_cache = None
+    else:
+      # Write this call's K/V at each row's own slot, then attend over the whole cache.
+      cache_k, cache_v = layer_cache
+      keys = write_rows(cache_k, k.astype(cache_k.dtype), cache_meta.index)
+      values = write_rows(cache_v, v.astype(cache_v.dtype), cache_meta.index)
+      kv_pos, kv_seg = cache_meta.positions, cache_meta.segment_ids
+      new_layer_cache = (keys, values)
+      keys, values = keys.astype(dt), values.astype(dt)
+
+    b, t, n, hd = q.shape
+    groups = n // keys.shape[2]
+    q = q.reshape(b, t, keys.shape[2], groups, hd)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(hd)
+    mask = attention_mask(positions, segment_ids, kv_pos, kv_seg)[:, None, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, hd)
+    y = self.o_proj(out, "btnh,nhd->btd")
+    return y, new_layer_cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(x W_gate) * (x W_up))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    pd = jnp.dtype(cfg.param_dtype)
+    self.gate_proj = Projection((d, f), ("embed", "mlp"), pd, fan_in=d, rngs=rngs)
+    self.up_proj = Projection((d, f), ("embed", "mlp"), pd, fan_in=d, rngs=rngs)
+    self.down_proj = Projection((f, d), ("mlp", "embed"), pd, fan_in=f, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    gate = self.gate_proj(x, "btd,df->btf")
+    up = self.up_proj(x, "btd,df->btf")
+    hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return self.down_proj(hidden, "btf,fd->btd")
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm block: x + Attn(norm(x)), then + MLP(norm(x)); residual dropout on both branches."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.dropout_rate = cfg.dropout_rate
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, segment_ids, inv_freq, layer_cache, cache_meta, dropout_key):
+    keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+    attn, new_layer_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids, inv_freq,
+                                           layer_cache, cache_meta)
+    x = x + dropout(attn, self.dropout_rate, keys[0])
+    x = x + dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout_rate, keys[1])
+    return constrain(x, ("batch", "length", "act_embed")), new_layer_cache
+
+
+def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+  """num_layers DecoderLayers with their parameters stacked on a leading 'layers' axis."""
+  keys = jax.random.split(rngs.params(), cfg.num_layers)
+
+  def one_layer_state(key):
+    return nnx.split(DecoderLayer(cfg, rngs=nnx.Rngs(params=key)))[1]
+
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: DecoderLayer(cfg, rngs=nnx.Rngs(0))))
+  state = jax.vmap(one_layer_state)(keys)
+  layers = nnx.merge(graphdef, state)
+  for _, var in nnx.iter_graph(layers):
+    if isinstance(var, nnx.Param):
+      var.set_metadata("logical_axes", ("layers",) + tuple(var.get_metadata()["logical_axes"]))
+  return layers
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Embedding(nnx.Module):
+  """Token embedding table [vocab, embed]."""
+
+  def __init__(self, vocab_size: int, dim: int, param_dtype, *, rngs: nnx.Rngs):
+    self.embedding = _param(rngs, (vocab_size, dim), ("vocab", "embed"), param_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding[...], tokens, axis=0)
+
+
+class Llama(nnx.Module):
+  """LLaMA decoder-only LM: logits = head(norm(layers(embed(tokens))))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pd = jnp.dtype(cfg.param_dtype)
+    self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, pd, rngs=rngs)
+    self.layers = _stacked_layers(cfg, rngs)
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = Projection((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd,
+                                fan_in=cfg.hidden_size, rngs=rngs)
+
+  def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
+               *, cache: KVCache | None = None, dropout_key: Array | None = None,
+               return_hidden: bool = False) -> tuple[Array, KVCache | None]:
+    """tokens, positions, segment_ids: int32[B, T]. Returns (float32 logits [B, T, V], updated cache).
+
+    Defaults: positions 0..T-1, one segment per row. With a cache, this call's tokens are written at
+    `cache.index` (per row) and attend to everything already in the cache.
+    """
+    cfg = self.cfg
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    dt = compute_dtype(cfg)
+    inv_freq = rope_inv_freq(cfg)
+
+    x = self.embed_tokens(tokens).astype(dt)
+    x = constrain(x, ("batch", "length", "act_embed"))
+
+    cache_meta = None
+    if cache is not None:
+      cache_meta = cache.advance(positions, segment_ids)
+    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.num_layers)
+
+    graphdef, layer_state = nnx.split(self.layers)
+
+    def body(x, xs):
+      state_l, cache_l, key_l = xs
+      layer = nnx.merge(graphdef, state_l)
+      return layer(x, positions, segment_ids, inv_freq, cache_l, cache_meta, key_l)
+
+    if cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    layer_caches = None if cache is None else (cache.k, cache.v)
+    x, new_layer_caches = jax.lax.scan(body, x, (layer_state, layer_caches, layer_keys))
+
+    h = self.norm(x)
+    if return_hidden:
+      logits = None
+    else:
+      logits = self.project(h)
+    new_cache = None
+    if cache is not None:
+      new_cache = cache_meta.replace(k=new_layer_caches[0], v=new_layer_caches[1]).moved(t)
+    if return_hidden:
+      return h, new_cache
+    return logits, new_cache
+
+  def project(self, h: Array) -> Array:
+    """Final hidden states [B, T, d] -> float32 logits [B, T, V]."""
+    if self.cfg.tie_word_embeddings:
+      w = self.embed_tokens.embedding[...].astype(h.dtype).T
+    else:
+      w = self.lm_head.kernel[...].astype(h.dtype)
+    logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+    return constrain(logits, ("batch", "length", "act_vocab"))
+
+
+def logical_axes(var: nnx.Variable) -> tuple[Any, ...]:
+  """The logical axis names a parameter was created with."""
+  return tuple(var.get_metadata().get("logical_axes", (None,) * var[...].ndim))
