@@ -1,0 +1,405 @@
+"""JSONL records: schema, stable ids, strict/lenient readers, atomic and resumable writers.
+
+Segments: `id`, `text`, `source` (+ `header`, `url` provenance). Pairs: `id`, `instruction`, `output`, and
+where they apply `score`, `rating_text`, `method`, `iteration`, `source` (seed | augmented), provenance
+(`segment_id`, ...). `id` is a content hash, so reruns and shards agree on names.
+
+Paths are `etils.epath.Path`, so `gs://` works. Local writes are temp-file + fsync + rename; object
+stores have no rename, so there the object is written whole (uploads are atomic per object) and then a
+`<name>.commit` marker is written; `is_committed` checks the right thing for either.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+from etils import epath
+
+SEGMENT_REQUIRED = ("id", "text", "source")
+PAIR_REQUIRED = ("id", "instruction", "output")
+PAIR_SOURCES = ("seed", "augmented")
+COMMIT_SUFFIX = ".commit"
+
+
+class RecordError(ValueError):
+  """A malformed record; the message names file:line, what was expected and what was found."""
+
+
+def content_id(*fields: str) -> str:
+  """First 16 hex digits of sha1 over the JSON list of fields (JSON, so field boundaries are unambiguous)."""
+  canonical = json.dumps(list(fields), ensure_ascii=False, separators=(",", ":"))
+  return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def segment_id(text: str) -> str:
+  return content_id("segment", text)
+
+
+def pair_id(instruction: str, output: str) -> str:
+  return content_id("pair", instruction, output)
+
+
+def make_segment(text: str, source: str, **provenance: Any) -> dict:
+  return {"id": segment_id(text), "text": text, "source": source, **provenance}
+
+
+def make_pair(instruction: str, output: str, source: str, **fields: Any) -> dict:
+  if source not in PAIR_SOURCES:
+    raise ValueError(f"make_pair: expected source in {PAIR_SOURCES}, found {source!r}")
+  return {"id": pair_id(instruction, output), "instruction": instruction, "output": output,
+          "source": source, **fields}
+
+
+def is_local(path: epath.PathLike) -> bool:
+  return "://" not in os.fspath(path)
+
+
+@dataclasses.dataclass
+class ReadStats:
+  """What a lenient read skipped, by reason; `read` counts the records yielded."""
+  read: int = 0
+  skipped: int = 0
+  reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+  def skip(self, reason: str) -> None:
+    self.skipped += 1
+    self.reasons[reason] += 1
+
+  def to_dict(self) -> dict:
+    return {"read": self.read, "skipped": self.skipped, "reasons": dict(self.reasons)}
+
+
+def open_bytes(path: epath.PathLike) -> IO[bytes]:
+  """Opens a file for binary reading, un-gzipping `.gz` names."""
+  path = epath.Path(path)
+  f = path.open("rb")
+  if path.name.endswith(".gz"):
+    return gzip.GzipFile(fileobj=f, mode="rb")
+  return f
+
+
+def _check_record(obj: Any, required: Sequence[str]) -> str | None:
+  """None if `obj` is a dict whose required fields are non-empty strings, else what is wrong."""
+  if not isinstance(obj, dict):
+    return f"expected a JSON object, found {type(obj).__name__}"
+  for key in required:
+    value = obj.get(key)
+    if value is None:
+      return f"expected field {key!r}, found it missing (fields: {sorted(obj)[:10]})"
+    if not isinstance(value, str):
+      return f"expected field {key!r} to be a string, found {type(value).__name__}"
+    if not value.strip():
+      return f"expected field {key!r} to be non-empty, found {value!r}"
+  return None
+
+
+def iter_jsonl(path: epath.PathLike, required: Sequence[str] = (), strict: bool = True,
+               stats: ReadStats | None = None, drop_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+  """Streams (line number, record) from a JSONL file (`.gz` too). Blank lines are ignored.
+
+  strict: the first bad line raises RecordError naming file:line. Lenient: bad lines are skipped and
+  counted in `stats` by reason (invalid_utf8, invalid_json, not_object, missing_field, empty_field,
+  wrong_type). drop_torn_tail: a last line without its newline that does not parse is an interrupted
+  append, dropped (and counted as torn_tail) rather than an error.
+  """
+  stats = stats if stats is not None else ReadStats()
+  with open_bytes(path) as f:
+    lineno = 0
+    pending: tuple[int, bytes] | None = None
+    for raw in f:
+      lineno += 1
+      if pending is not None:
+        yield from _parse_line(path, *pending, required, strict, stats, torn=False)
+      pending = (lineno, raw)
+    if pending is not None:
+      torn = drop_torn_tail and not pending[1].endswith(b"\n")
+      yield from _parse_line(path, *pending, required, strict, stats, torn=torn)
+
+
+def _parse_line(path, lineno: int, raw: bytes, required, strict: bool, stats: ReadStats,
+                torn: bool) -> Iterator[tuple[int, dict]]:
+  if not raw.strip():
+    return
+  problem, reason, obj = None, None, None
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    problem, reason = f"expected UTF-8, found invalid byte at column {e.start + 1}", "invalid_utf8"
+  else:
+    try:
+      obj = json.loads(text)
+    except json.JSONDecodeError as e:
+      problem, reason = f"expected JSON, found {e.msg} at column {e.colno}", "invalid_json"
+  if problem is None:
+    problem = _check_record(obj, required)
+    if problem is not None:
+      reason = ("not_object" if not isinstance(obj, dict) else
+                "missing_field" if "missing" in problem else
+                "empty_field" if "non-empty" in problem else "wrong_type")
+  if problem is None:
+    stats.read += 1
+    yield lineno, obj
+    return
+  if torn and reason in ("invalid_json", "invalid_utf8"):
+    stats.skip("torn_tail")
+    return
+  if strict:
+    raise RecordError(f"{path}:{lineno}: {problem}")
+  stats.skip(reason)
+
+
+def read_jsonl(path: epath.PathLike, required: Sequence[str] = (), strict: bool = True,
+               stats: ReadStats | None = None) -> Iterator[dict]:
+  """Records only; see iter_jsonl."""
+  for _, obj in iter_jsonl(path, required, strict, stats):
+    yield obj
+
+
+def read_segments(path, strict: bool = True, stats: ReadStats | None = None) -> Iterator[dict]:
+  return read_jsonl(path, SEGMENT_REQUIRED, strict, stats)
+
+
+def read_pairs(path, strict: bool = True, stats: ReadStats | None = None) -> Iterator[dict]:
+  return read_jsonl(path, PAIR_REQUIRED, strict, stats)
+
+
+def dumps(record: dict) -> str:
+  """One JSONL line without its newline. ensure_ascii=False keeps text readable and files small."""
+  return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def commit_marker(path: epath.PathLike) -> epath.Path:
+  path = epath.Path(path)
+  return path.parent / (path.name + COMMIT_SUFFIX)
+
+
+def is_committed(path: epath.PathLike) -> bool:
+  """A local file exists only once complete (rename); a remote one counts once its marker exists."""
+  path = epath.Path(path)
+  if is_local(path):
+    return path.exists()
+  return path.exists() and commit_marker(path).exists()
+
+
+def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if not is_local(path):
+    marker = commit_marker(path)
+    if marker.exists():
+      marker.unlink()  # a rewrite is uncommitted until it is complete
+    path.write_bytes(data)
+    marker.write_text("")
+    return
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=os.fspath(path.parent))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.fspath(path))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  _fsync_dir(os.fspath(path.parent))
+
+
+def _fsync_dir(directory: str) -> None:
+  # Makes the rename itself durable; not every filesystem allows opening a directory.
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+class AtomicJsonlWriter:
+  """Streams records to a temp file beside the target and renames it into place on `close()`.
+
+  Used as a context manager, an exception leaves the target untouched (nothing half-written).
+  For object stores, records are buffered in memory and uploaded whole with a commit marker.
+  """
+
+  def __init__(self, path: epath.PathLike):
+    self.path = epath.Path(path)
+    self.count = 0
+    self._local = is_local(self.path)
+    if self._local:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                       dir=os.fspath(self.path.parent))
+      self._f: IO[bytes] = os.fdopen(fd, "wb")
+    else:
+      self._f = io.BytesIO()
+
+  def write(self, record: dict) -> None:
+    self._f.write(dumps(record).encode("utf-8") + b"\n")
+    self.count += 1
+
+  def close(self) -> None:
+    if self._local:
+      self._f.flush()
+      os.fsync(self._f.fileno())
+      self._f.close()
+      os.replace(self._tmp, os.fspath(self.path))
+      _fsync_dir(os.fspath(self.path.parent))
+    else:
+      write_bytes_atomic(self.path, self._f.getvalue())
+
+  def abort(self) -> None:
+    self._f.close()
+    if self._local and os.path.exists(self._tmp):
+      os.unlink(self._tmp)
+
+  def __enter__(self) -> "AtomicJsonlWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+
+def write_jsonl(path: epath.PathLike, records: Iterable[dict]) -> int:
+  """Writes all records atomically; returns how many."""
+  with AtomicJsonlWriter(path) as w:
+    for r in records:
+      w.write(r)
+  return w.count
+
+
+class AppendJsonlWriter:
+  """Append-only JSONL for long bulk jobs (generation, scoring) that must survive interruption.
+
+  On open it reads back what is there: `done_ids` holds the ids of complete records, and a torn last
+  line (a crash mid-write) is cut off, so the next append starts on a clean line. Each `write` is one
+  `write()` of a whole line; `flush()` (every `sync_every` records and on close) fsyncs. Local
+  filesystems only: object stores cannot append, so there write per-process shards with write_jsonl.
+  """
+
+  def __init__(self, path: epath.PathLike, sync_every: int = 256, required: Sequence[str] = ("id",)):
+    self.path = epath.Path(path)
+    if not is_local(self.path):
+      raise ValueError(f"AppendJsonlWriter: expected a local path (append is not atomic on object stores), "
+                       f"found {self.path}; write shards with write_jsonl instead")
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.done_ids: set[str] = set()
+    self.stats = ReadStats()
+    if self.path.exists():
+      self._recover(required)
+    self._f = open(os.fspath(self.path), "ab")
+    self._sync_every = sync_every
+    self._unsynced = 0
+
+  def _recover(self, required: Sequence[str]) -> None:
+    # Our writes always end in a newline, so a last line without one is torn, parseable or not.
+    good_end = 0
+    with open(os.fspath(self.path), "rb") as f:
+      for lineno, raw in enumerate(f, start=1):
+        if not raw.endswith(b"\n"):
+          self.stats.skip("torn_tail")
+          break
+        for _, record in _parse_line(self.path, lineno, raw, required, strict=True, stats=self.stats,
+                                     torn=False):
+          self.done_ids.add(record["id"])
+        good_end += len(raw)
+    if good_end < os.path.getsize(os.fspath(self.path)):
+      with open(os.fspath(self.path), "r+b") as f:
+        f.truncate(good_end)
+
+  def write(self, record: dict) -> None:
+    self._f.write(dumps(record).encode("utf-8") + b"\n")
+    self.done_ids.add(record["id"])
+    self._unsynced += 1
+    if self._unsynced >= self._sync_every:
+      self.flush()
+
+  def flush(self) -> None:
+    self._f.flush()
+    os.fsync(self._f.fileno())
+    self._unsynced = 0
+
+  def close(self) -> None:
+    if not self._f.closed:
+      self.flush()
+      self._f.close()
+
+  def __enter__(self) -> "AppendJsonlWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def shard_path(base: epath.PathLike, index: int, count: int) -> epath.Path:
+  """`out/scores.jsonl` -> `out/scores.jsonl-00003-of-00008` (per-process shards beside the merged file)."""
+  base = epath.Path(base)
+  return base.parent / f"{base.name}-{index:05d}-of-{count:05d}"
+
+
+class ShardedAppendWriter(AppendJsonlWriter):
+  """The append writer on shard `index` of `count`; `owns(id)` says which records this shard takes."""
+
+  def __init__(self, base: epath.PathLike, index: int, count: int, **kwargs):
+    if not 0 <= index < count:
+      raise ValueError(f"ShardedAppendWriter: expected 0 <= index < count, found index={index} count={count}")
+    self.index, self.count = index, count
+    super().__init__(shard_path(base, index, count), **kwargs)
+
+  def owns(self, record_id: str) -> bool:
+    return shard_of(record_id, self.count) == self.index
+
+
+def shard_of(record_id: str, count: int) -> int:
+  """Deterministic shard of an id (ids are hex hashes; other strings are hashed first)."""
+  try:
+    value = int(record_id[:8], 16)
+  except ValueError:
+    value = int(hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:8], 16)
+  return value % count
+
+
+def merge_shards(base: epath.PathLike, count: int, order: Sequence[str] | None = None,
+                 required: Sequence[str] = ("id",)) -> int:
+  """Merges the shards of `base` into `base` atomically; returns the record count.
+
+  With `order` (ids, e.g. the input order) the output follows it; otherwise shards are concatenated in
+  index order. A duplicate id (a record rewritten after a resume) keeps its first copy.
+  """
+  shards = [shard_path(base, i, count) for i in range(count)]
+  missing = [str(s) for s in shards if not s.exists()]
+  if missing:
+    raise FileNotFoundError(f"merge_shards: expected {count} shards of {base}, found these missing: {missing}")
+  if order is None:
+    def records() -> Iterator[dict]:
+      seen: set[str] = set()
+      for s in shards:
+        for r in read_jsonl(s, required):
+          if r["id"] not in seen:
+            seen.add(r["id"])
+            yield r
+    return write_jsonl(base, records())
+  by_id: dict[str, dict] = {}
+  for s in shards:
+    for r in read_jsonl(s, required):
+      by_id.setdefault(r["id"], r)
+  return write_jsonl(base, (by_id[i] for i in order if i in by_id))
+
+
+def write_json(path: epath.PathLike, obj: Any) -> None:
+  """A small JSON file (stats, manifests), written atomically."""
+  write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
