@@ -1,0 +1,126 @@
+"""Records: ids, strict/lenient readers, atomic writers, resumable append writer, shards."""
+import json
+
+import pytest
+
+from hb_jax.data import records
+
+
+def _write(path, lines: list[bytes]) -> None:
+  path.write_bytes(b"".join(lines))
+
+
+def test_ids_are_stable_content_hashes():
+  a = records.pair_id("Say hi", "Hi")
+  assert a == records.pair_id("Say hi", "Hi") and len(a) == 16 and int(a, 16) >= 0
+  assert a != records.pair_id("Say hi ", "Hi") and a != records.pair_id("Say h", "iHi")
+  assert records.segment_id("x") != records.pair_id("x", "")
+  import hashlib
+  assert records.content_id("a", "b") == hashlib.sha1(b'["a","b"]').hexdigest()[:16]
+  pair = records.make_pair("I", "O", "seed", iteration=1)
+  assert pair == {"id": records.pair_id("I", "O"), "instruction": "I", "output": "O", "source": "seed", "iteration": 1}
+  with pytest.raises(ValueError, match="source"):
+    records.make_pair("I", "O", "web")
+
+
+def test_strict_reader_names_file_and_line(tmp_path):
+  path = tmp_path / "pairs.jsonl"
+  good = json.dumps(records.make_pair("I", "O", "seed")).encode() + b"\n"
+  cases = {
+    b"{not json\n": "expected JSON",
+    b"\xff\xfe{}\n": "expected UTF-8",
+    b'{"id": "x", "instruction": "I"}\n': "'output'",
+    b'{"id": "x", "instruction": "I", "output": "  "}\n': "non-empty",
+    b'{"id": "x", "instruction": "I", "output": 3}\n': "string",
+    b"[1, 2]\n": "JSON object",
+  }
+  for bad, message in cases.items():
+    _write(path, [good, b"\n", bad, good])
+    with pytest.raises(records.RecordError) as e:
+      list(records.read_pairs(path))
+    assert f"{path}:3:" in str(e.value) and message in str(e.value)
+
+
+def test_lenient_reader_skips_and_counts(tmp_path):
+  path = tmp_path / "pairs.jsonl"
+  good = json.dumps(records.make_pair("I", "O", "seed")).encode() + b"\n"
+  _write(path, [good, b"{oops\n", b"\xff\n", b'{"id": "x"}\n', b'{"id":"y","instruction":"","output":"o"}\n', good])
+  stats = records.ReadStats()
+  got = list(records.read_pairs(path, strict=False, stats=stats))
+  assert len(got) == 2
+  assert stats.to_dict() == {"read": 2, "skipped": 4, "reasons": {
+    "invalid_json": 1, "invalid_utf8": 1, "missing_field": 1, "empty_field": 1}}
+
+
+def test_gzip_is_read(tmp_path):
+  import gzip
+  path = tmp_path / "s.jsonl.gz"
+  with gzip.open(path, "wb") as f:
+    f.write((json.dumps(records.make_segment("text", "web")) + "\n").encode())
+  assert [r["text"] for r in records.read_segments(path)] == ["text"]
+
+
+def test_atomic_writer_leaves_nothing_half_written(tmp_path):
+  path = tmp_path / "out" / "a.jsonl"
+  assert records.write_jsonl(path, [{"id": "1"}, {"id": "2", "t": "é"}]) == 2
+  assert path.read_text(encoding="utf-8") == '{"id":"1"}\n{"id":"2","t":"é"}\n'
+
+  def failing():
+    yield {"id": "3"}
+    raise RuntimeError("disk full")
+
+  with pytest.raises(RuntimeError):
+    records.write_jsonl(path, failing())
+  assert path.read_text(encoding="utf-8") == '{"id":"1"}\n{"id":"2","t":"é"}\n'  # old content intact
+  assert sorted(p.name for p in path.parent.iterdir()) == ["a.jsonl"]          # no temp file left
+  assert records.is_committed(path)
+  records.write_json(tmp_path / "s.json", {"b": 1, "a": [1]})
+  assert json.loads((tmp_path / "s.json").read_text()) == {"a": [1], "b": 1}
+
+
+def test_append_writer_resumes_and_drops_torn_tail(tmp_path):
+  path = tmp_path / "scores.jsonl"
+  with records.AppendJsonlWriter(path) as w:
+    assert w.done_ids == set()
+    w.write({"id": "a", "score": 4})
+    w.write({"id": "b", "score": 5})
+  with open(path, "ab") as f:
+    f.write(b'{"id": "c", "sco')              # the job died mid-line
+  w = records.AppendJsonlWriter(path)
+  assert w.done_ids == {"a", "b"} and w.stats.reasons["torn_tail"] == 1
+  w.write({"id": "c", "score": 1})
+  w.close()
+  assert [r["id"] for r in records.read_jsonl(path)] == ["a", "b", "c"]
+
+  with open(path, "ab") as f:
+    f.write(b'{"id": "d"}')                    # parseable, but no newline: still torn
+  assert records.AppendJsonlWriter(path).done_ids == {"a", "b", "c"}
+  assert path.read_bytes().endswith(b'"score":1}\n')
+
+
+def test_append_writer_rejects_corruption_before_the_tail(tmp_path):
+  path = tmp_path / "scores.jsonl"
+  path.write_bytes(b'{"id": "a"}\n{broken\n{"id": "b"}\n')
+  with pytest.raises(records.RecordError, match=f"{path}:2:"):
+    records.AppendJsonlWriter(path)
+
+
+def test_append_writer_rejects_object_stores():
+  with pytest.raises(ValueError, match="local path"):
+    records.AppendJsonlWriter("gs://bucket/x.jsonl")
+
+
+def test_shards_merge_in_order(tmp_path):
+  base = tmp_path / "cand.jsonl"
+  ids = [records.content_id(str(i)) for i in range(20)]
+  for index in range(3):
+    with records.ShardedAppendWriter(base, index, 3) as w:
+      for i in ids:
+        if w.owns(i):
+          w.write({"id": i})
+  assert records.shard_path(base, 1, 3).name == "cand.jsonl-00001-of-00003"
+  assert records.merge_shards(base, 3, order=ids) == 20
+  assert [r["id"] for r in records.read_jsonl(base)] == ids
+  records.shard_path(base, 2, 3).unlink()
+  with pytest.raises(FileNotFoundError, match="00002-of-00003"):
+    records.merge_shards(base, 3)

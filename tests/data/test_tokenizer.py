@@ -1,0 +1,106 @@
+"""Tokenizer: LLaMA conventions on a sentencepiece model we train, and the tokenizer.json backend."""
+import json
+import random
+import subprocess
+import sys
+import pathlib
+
+import pytest
+
+from hb_jax import tokenizer as tk
+from hb_jax.data import prompts
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WORDS = ("the quick brown fox jumps over a lazy dog while an assistant answers each question about web "
+         "search results with care and knowledge score rating answer").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tok") / "corpus.txt"
+  rng = random.Random(0)
+  lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) for _ in range(3000)]
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+@pytest.fixture(scope="module")
+def spm_dir(corpus, tmp_path_factory):
+  out = tmp_path_factory.mktemp("spm")
+  # Through the command-line tool, as the demo uses it.
+  subprocess.run([sys.executable, str(ROOT / "tools" / "train_tokenizer.py"), "--input", str(corpus),
+                  "--output", str(out), "--vocab_size", "400"], check=True, capture_output=True)
+  return out
+
+
+def test_sentencepiece_llama_conventions(spm_dir):
+  tok = tk.load_tokenizer(spm_dir)
+  assert isinstance(tok, tk.SentencePieceTokenizer) and tok.file_name == "tokenizer.model"
+  assert (tok.bos_id, tok.eos_id) == (1, 2)
+  assert tok.id_to_piece(0) == "<unk>" and tok.id_to_piece(1) == "<s>" and tok.id_to_piece(2) == "</s>"
+  assert 256 < tok.vocab_size <= 400 + 300
+  ids = tok.encode("the fox", bos=True, eos=True)
+  assert ids[0] == 1 and ids[-1] == 2 and 1 not in ids[1:-1]
+  assert tok.encode("the fox") == ids[1:-1]
+  # Byte fallback: unseen characters survive a round trip instead of becoming <unk>.
+  text = "Zürich 東京 🙂 fox 2023"
+  assert tok.decode(tok.encode(text)) == text
+  assert 0 not in tok.encode(text)
+  # split_digits, and every rating digit a single piece.
+  for d in "12345":
+    assert [tok.id_to_piece(i) for i in tok.encode("x" + d)][-1] == d
+  assert [tok.id_to_piece(i) for i in tok.encode("2023")][-4:] == ["2", "0", "2", "3"]
+
+
+def test_rating_query_splits_digits(spm_dir):
+  tok = tk.load_tokenizer(spm_dir)
+  q = prompts.rating_query(tok, "Name a fox.", "The quick brown fox.")
+  assert q.context[0] == tok.bos_id
+  assert [tok.id_to_piece(i) for i in q.digit_ids] == list("12345")
+  for d, i in zip("12345", q.digit_ids):
+    full = tok.encode(prompts.rating_context("Name a fox.", "The quick brown fox.") + " " + d, bos=True)
+    assert q.context + [i] == full
+
+
+def test_load_tokenizer_paths(spm_dir, tmp_path):
+  assert tk.load_tokenizer(tmp_path) is None
+  with pytest.raises(FileNotFoundError):
+    tk.load_tokenizer(tmp_path / "missing")
+  tok = tk.load_tokenizer(spm_dir / "tokenizer.model")
+  copied = tok.save(tmp_path / "model")
+  assert copied.name == "tokenizer.model" and copied.read_bytes() == (spm_dir / "tokenizer.model").read_bytes()
+  assert tk.load_tokenizer(tmp_path / "model").encode("fox") == tok.encode("fox")
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(corpus, tmp_path_factory):
+  """A LLaMA-3-style byte-level BPE tokenizer.json, trained here (nothing is downloaded)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train([str(corpus)], trainer)
+  out = tmp_path_factory.mktemp("bpe")
+  tok.save(str(out / "tokenizer.json"))
+  return out
+
+
+def test_hf_json_backend(bpe_dir):
+  tok = tk.load_tokenizer(bpe_dir)
+  assert isinstance(tok, tk.HFJsonTokenizer) and tok.file_name == "tokenizer.json"
+  assert tok.id_to_piece(tok.bos_id) == "<|begin_of_text|>" and tok.id_to_piece(tok.eos_id) == "<|end_of_text|>"
+  ids = tok.encode("the fox", bos=True, eos=True)
+  assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+  assert tok.decode(ids) == "the fox"
+  text = "Zürich 東京 🙂 fox"
+  assert tok.decode(tok.encode(text)) == text
+  q = prompts.rating_query(tok, "Name a fox.", "The fox.")
+  assert len(set(q.digit_ids)) == 5
+  # tokenizer_config.json beside the file decides the EOS (LLaMA-3 instruct uses <|eot_id|>).
+  (bpe_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|eot_id|>"}))
+  try:
+    assert tk.load_tokenizer(bpe_dir).id_to_piece(tk.load_tokenizer(bpe_dir).eos_id) == "<|eot_id|>"
+  finally:
+    (bpe_dir / "tokenizer_config.json").unlink()
