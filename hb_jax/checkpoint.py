@@ -121,7 +121,7 @@ def restore_params(path, cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULE
     stored = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
   except FileNotFoundError as e:
     raise CheckpointError(f"{path}: {PARAMS_DIR}/ is missing or unreadable: {e}") from e
-  expected = jax.tree.map(lambda v: v, nnx.to_pure_dict(abstract_params(cfg)))
+  expected = nnx.to_pure_dict(abstract_params(cfg))
   check_tree_matches(expected, stored, where=str(path / PARAMS_DIR))
   shardings = params_shardings(cfg, mesh, rules)
   target = jax.tree.map(

@@ -1,0 +1,204 @@
+"""Conversion is proven against transformers: HF and Meta folders -> hb_jax logits, and back to HF."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import (LLAMA31_SCALING, assert_logits_close, convert_hf, hf_logits, make_hf_llama,
+                     random_tokens)
+from hb_jax import api
+from hb_jax.checkpoint import CheckpointError, is_model_folder
+from hb_jax.config import ConfigError
+from hb_jax.convert import ConversionError, convert, export_hf
+from hb_jax.convert.sources import rotate_half_to_interleaved
+
+VARIANTS = {
+    "mha_theta1e4": dict(),
+    "gqa_theta5e5": dict(num_key_value_heads=2, rope_theta=5e5),
+    "mqa_llama31": dict(num_key_value_heads=1, rope_theta=5e5, rope_scaling=LLAMA31_SCALING),
+    "gqa_tied": dict(num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+@pytest.mark.parametrize("spelling", ["new", "old"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_hf_logits_match_transformers(tmp_path, variant, spelling):
+  model, hf_dir = make_hf_llama(tmp_path, spelling=spelling, **VARIANTS[variant])
+  cfg_json = json.loads((hf_dir / "config.json").read_text())
+  assert ("rope_parameters" in cfg_json) == (spelling == "new")
+  lm = api.load(convert_hf(hf_dir, tmp_path / "ours"))
+  tokens = random_tokens(lm.cfg.vocab_size, batch=3, length=48)
+  assert_logits_close(lm.logits(tokens), hf_logits(model, tokens), rel=1e-4)
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+  model, hf_dir = make_hf_llama(tmp_path, num_key_value_heads=2)
+  sharded = tmp_path / "sharded"
+  model.save_pretrained(sharded, safe_serialization=True, max_shard_size="20KB")
+  assert (sharded / "model.safetensors.index.json").exists()
+  assert len(list(sharded.glob("*.safetensors"))) > 2
+  lm = api.load(convert_hf(sharded, tmp_path / "ours"))
+  tokens = random_tokens(lm.cfg.vocab_size, 2, 17)
+  assert_logits_close(lm.logits(tokens), hf_logits(model, tokens))
+
+
+def _write_meta_folder(model, folder, shards: int, vocab_parallel_embedding: bool = False):
+  """Builds a Meta-layout checkpoint (interleaved RoPE rows, model-parallel shards) from a HF model."""
+  import torch
+
+  cfg = model.config
+  sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+  n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+  meta = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"],
+          "output.weight": sd["lm_head.weight"], "rope.freqs": torch.zeros(4)}
+  names = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+           "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+           "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+           "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
+           "post_attention_layernorm": "ffn_norm"}
+  for i in range(cfg.num_hidden_layers):
+    for hf, mt in names.items():
+      w = sd[f"model.layers.{i}.{hf}.weight"]
+      if mt == "attention.wq":
+        w = torch.from_numpy(rotate_half_to_interleaved(w.numpy(), n_heads))
+      if mt == "attention.wk":
+        w = torch.from_numpy(rotate_half_to_interleaved(w.numpy(), n_kv))
+      meta[f"layers.{i}.{mt}.weight"] = w
+  axis = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1,
+          "tok_embeddings": 0 if vocab_parallel_embedding else 1}
+  folder.mkdir(parents=True)
+  for r in range(shards):
+    part = {}
+    for k, w in meta.items():
+      key = k.split(".")[-2] if k.startswith("layers.") else k.split(".")[0]
+      ax = axis.get(key)
+      if ax is None or w.ndim == 1:
+        part[k] = w.clone()
+      else:
+        part[k] = torch.chunk(w, shards, dim=ax)[r].clone()
+    torch.save(part, folder / f"consolidated.{r:02d}.pth")
+  (folder / "params.json").write_text(json.dumps({
+      "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": n_heads, "n_kv_heads": n_kv,
+      "vocab_size": -1, "multiple_of": 8, "norm_eps": cfg.rms_norm_eps,
+      "rope_theta": cfg.rope_parameters["rope_theta"]}))
+
+
+@pytest.mark.parametrize("vocab_parallel", [False, True])
+def test_meta_two_shards_match_transformers(tmp_path, vocab_parallel):
+  model, _ = make_hf_llama(tmp_path, num_key_value_heads=2, vocab_size=96, rope_theta=5e5)
+  meta_dir = tmp_path / "meta"
+  _write_meta_folder(model, meta_dir, shards=2, vocab_parallel_embedding=vocab_parallel)
+  lm = api.load(convert_hf(meta_dir, tmp_path / "ours"))
+  assert lm.cfg.num_kv_heads == 2 and lm.cfg.vocab_size == 96
+  tokens = random_tokens(lm.cfg.vocab_size, 2, 33)
+  assert_logits_close(lm.logits(tokens), hf_logits(model, tokens))
+
+
+def test_round_trip_hf_ours_hf_is_bit_exact(tmp_path):
+  from safetensors.numpy import load_file
+  from transformers import LlamaForCausalLM
+
+  model, hf_dir = make_hf_llama(tmp_path, num_key_value_heads=2, rope_scaling=LLAMA31_SCALING)
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  export_hf(ours, tmp_path / "back")
+  original = load_file(str(hf_dir / "model.safetensors"))
+  back = load_file(str(tmp_path / "back" / "model.safetensors"))
+  assert sorted(original) == sorted(back)
+  for name in original:
+    assert original[name].dtype == back[name].dtype, name
+    np.testing.assert_array_equal(original[name], back[name], err_msg=name)
+  reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+  tokens = random_tokens(model.config.vocab_size, 2, 20)
+  np.testing.assert_array_equal(hf_logits(reloaded, tokens), hf_logits(model, tokens))
+
+
+def test_export_shards_large_models(tmp_path):
+  from transformers import LlamaForCausalLM
+
+  model, hf_dir = make_hf_llama(tmp_path)
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  export_hf(ours, tmp_path / "back", max_shard_bytes=16_000)
+  assert (tmp_path / "back" / "model.safetensors.index.json").exists()
+  reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+  tokens = random_tokens(model.config.vocab_size, 1, 9)
+  np.testing.assert_array_equal(hf_logits(reloaded, tokens), hf_logits(model, tokens))
+
+
+# ---- bad input: a clear error naming the problem, nothing left at the output path ----
+
+def _rewrite_tensors(hf_dir, edit):
+  from safetensors.numpy import load_file, save_file
+
+  path = hf_dir / "model.safetensors"
+  tensors = load_file(str(path))
+  edit(tensors)
+  save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing", "missing tensor model.layers.1.mlp.up_proj.weight"),
+    ("extra", "unexpected tensor model.layers.0.self_attn.q_proj.bias"),
+    ("shape", "tensor model.layers.0.self_attn.k_proj.weight: expected shape (32, 32), found (31, 32)"),
+])
+def test_bad_tensors_are_named_and_nothing_is_written(tmp_path, problem, message):
+  _, hf_dir = make_hf_llama(tmp_path)
+  if problem == "missing":
+    _rewrite_tensors(hf_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+  elif problem == "extra":
+    _rewrite_tensors(hf_dir, lambda t: t.__setitem__("model.layers.0.self_attn.q_proj.bias",
+                                                     np.zeros(32, np.float32)))
+  else:
+    _rewrite_tensors(hf_dir, lambda t: t.__setitem__("model.layers.0.self_attn.k_proj.weight",
+                                                     np.zeros((31, 32), np.float32)))
+  out = tmp_path / "out"
+  with pytest.raises(ConversionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    convert(hf_dir, out)
+  assert not out.exists()
+
+
+def test_unknown_architecture_and_format(tmp_path):
+  _, hf_dir = make_hf_llama(tmp_path)
+  cfg = json.loads((hf_dir / "config.json").read_text())
+  cfg.update(model_type="mistral", architectures=["MistralForCausalLM"])
+  (hf_dir / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ConfigError, match="unknown architecture"):
+    convert(hf_dir, tmp_path / "out")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ConversionError, match="unknown checkpoint format"):
+    convert(empty, tmp_path / "out2")
+  assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_unreadable_file_is_an_error(tmp_path):
+  _, hf_dir = make_hf_llama(tmp_path)
+  (hf_dir / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+  with pytest.raises(ConversionError, match="unreadable safetensors"):
+    convert(hf_dir, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_exit_codes(tmp_path):
+  _, hf_dir = make_hf_llama(tmp_path)
+  ok = subprocess.run([sys.executable, "tools/convert_llama.py", "--input", str(hf_dir), "--output",
+                       str(tmp_path / "ours")], capture_output=True, text=True)
+  assert ok.returncode == 0, ok.stderr
+  assert is_model_folder(tmp_path / "ours")
+  bad = subprocess.run([sys.executable, "tools/convert_llama.py", "--input", str(tmp_path / "nope"),
+                        "--output", str(tmp_path / "x")], capture_output=True, text=True)
+  assert bad.returncode != 0 and "not a folder" in bad.stderr
+  again = subprocess.run([sys.executable, "tools/convert_llama.py", "--input", str(hf_dir), "--output",
+                          str(tmp_path / "ours")], capture_output=True, text=True)
+  assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_incomplete_model_folder_is_refused(tmp_path):
+  _, hf_dir = make_hf_llama(tmp_path)
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  (ours / "model.json").unlink()
+  with pytest.raises(CheckpointError, match="not finished being written"):
+    api.load(ours)

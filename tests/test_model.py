@@ -1,0 +1,155 @@
+"""The network's own invariants: config rules, RoPE scaling, masking (packing, padding), cache, dropout."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hb_jax.config import ConfigError, ModelConfig, RopeScaling, ffn_dim
+from hb_jax.convert.sources import interleaved_to_rotate_half, rotate_half_to_interleaved
+from hb_jax.model.kv_cache import KVCache
+from hb_jax.model.llama import Llama, rope_inv_freq
+from hb_jax.model.presets import PRESETS, preset
+
+CFG = ModelConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                  intermediate_size=48)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return Llama(CFG, rngs=nnx.Rngs(0))
+
+
+def _tokens(b, t, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(3, CFG.vocab_size, (b, t)), jnp.int32)
+
+
+def test_ffn_rule_and_preset_sizes():
+  assert ffn_dim(4096) == 11008  # LLaMA 7B
+  assert ffn_dim(8192, 4096, 1.3) == 28672  # LLaMA-2 70B
+  assert ffn_dim(4096, 1024, 1.3) == 14336  # LLaMA-3 8B
+  assert PRESETS["llama-65b"].intermediate_size == 22016
+  assert abs(PRESETS["llama-7b"].num_params - 6.738e9) < 1e7
+  assert abs(PRESETS["llama2-70b"].num_params - 68.98e9) < 1e8
+  assert abs(preset("bench-58m").num_params - 58e6) < 1e6
+  with pytest.raises(KeyError, match="unknown model preset"):
+    preset("llama-1b")
+
+
+def test_config_errors_name_the_key():
+  with pytest.raises(ConfigError, match="model.num_heads 6 must be a multiple of model.num_kv_heads 4"):
+    ModelConfig(vocab_size=8, hidden_size=24, num_layers=1, num_heads=6, num_kv_heads=4)
+  with pytest.raises(ConfigError, match="model.dtype"):
+    ModelConfig(vocab_size=8, hidden_size=8, num_layers=1, num_heads=2, dtype="float8")
+  with pytest.raises(ConfigError, match="unknown keys"):
+    ModelConfig.from_dict({**CFG.to_dict(), "n_layers": 3})
+  assert ModelConfig.from_json(CFG.to_json()) == CFG
+
+
+def test_llama31_rope_scaling_regimes():
+  base = ModelConfig(vocab_size=8, hidden_size=64, num_layers=1, num_heads=1, rope_theta=5e5)
+  scaled = dataclasses.replace(base, rope_scaling=RopeScaling(original_max_position_embeddings=256))
+  f0, f1 = np.asarray(rope_inv_freq(base)), np.asarray(rope_inv_freq(scaled))
+  wavelen = 2 * np.pi / f0
+  high, low = wavelen < 256 / 4, wavelen > 256 / 1
+  medium = ~high & ~low
+  assert high.any() and low.any() and medium.any()
+  np.testing.assert_allclose(f1[high], f0[high])  # high frequencies untouched
+  np.testing.assert_allclose(f1[low], f0[low] / 8, rtol=1e-6)  # low frequencies divided by the factor
+  assert np.all((f1[medium] < f0[medium]) & (f1[medium] > f0[medium] / 8))  # smoothly in between
+
+
+def test_meta_rope_permutation_pairs_rows_like_hf():
+  rows = np.arange(16, dtype=np.float32)[:, None]  # 2 heads x head_dim 8
+  hf = interleaved_to_rotate_half(rows, n_heads=2)[:, 0]
+  # Meta stores (real, imag) pairs adjacently; HF puts the reals first and the imaginaries second.
+  np.testing.assert_array_equal(hf, [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15])
+  np.testing.assert_array_equal(rotate_half_to_interleaved(interleaved_to_rotate_half(rows, 2), 2), rows)
+
+
+def test_packed_rows_equal_separate_sequences(model):
+  a, b = _tokens(1, 7, 1), _tokens(1, 5, 2)
+  la, _ = model(a)
+  lb, _ = model(b)
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 4), jnp.int32)], axis=1)
+  positions = jnp.asarray([list(range(7)) + list(range(5)) + [0] * 4])
+  segments = jnp.asarray([[1] * 7 + [2] * 5 + [0] * 4])
+  lp, _ = model(packed, positions, segments)
+  np.testing.assert_allclose(lp[0, :7], la[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(lp[0, 7:12], lb[0], rtol=1e-5, atol=1e-5)
+  assert np.isfinite(np.asarray(lp)).all()
+
+
+def test_left_padding_equals_unpadded(model):
+  x = _tokens(1, 6)
+  ref, _ = model(x)
+  padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), x], axis=1)
+  positions = jnp.asarray([[0, 0, 0, 0, 1, 2, 3, 4, 5]])
+  segments = jnp.asarray([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+  out, _ = model(padded, positions, segments)
+  np.testing.assert_allclose(out[:, 3:], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_prefill_then_steps_equal_full_forward(model):
+  x = _tokens(2, 10)
+  full, _ = model(x)
+  cache = KVCache.zeros(CFG.num_layers, 2, 16, CFG.num_kv_heads, CFG.head_dim)
+  pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
+  seg = jnp.ones((2, 10), jnp.int32)
+  first, cache = model(x[:, :6], pos[:, :6], seg[:, :6], cache=cache)
+  np.testing.assert_allclose(first, full[:, :6], rtol=1e-5, atol=1e-5)
+  for t in range(6, 10):
+    step, cache = model(x[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1], cache=cache)
+    np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(cache.index, [10, 10])
+
+
+def test_cache_rows_advance_independently(model):
+  """Row 0 writes 3 prompt tokens, row 1 writes 5: each row's next step sees only its own past."""
+  x = _tokens(2, 5)
+  cache = KVCache.zeros(CFG.num_layers, 2, 8, CFG.num_kv_heads, CFG.head_dim)
+  pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  seg = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])  # row 0: right-padded, 3 real tokens
+  _, cache = model(x, pos, seg, cache=cache)
+  cache = cache.replace(index=jnp.asarray([3, 5]))  # row 0 overwrites its padding slots next
+  nxt = _tokens(2, 1, 9)
+  step, _ = model(nxt, jnp.asarray([[3], [5]]), jnp.ones((2, 1), jnp.int32), cache=cache)
+  ref0, _ = model(jnp.concatenate([x[:1, :3], nxt[:1]], axis=1))
+  ref1, _ = model(jnp.concatenate([x[1:], nxt[1:]], axis=1))
+  np.testing.assert_allclose(step[0, 0], ref0[0, -1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(step[1, 0], ref1[0, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_with_a_key_and_remat_keeps_gradients():
+  cfg = dataclasses.replace(CFG, dropout_rate=0.1)
+  m = Llama(cfg, rngs=nnx.Rngs(0))
+  x = _tokens(2, 8)
+  det1, _ = m(x)
+  det2, _ = m(x)
+  np.testing.assert_array_equal(det1, det2)
+  drop1, _ = m(x, dropout_key=jax.random.key(1))
+  drop2, _ = m(x, dropout_key=jax.random.key(1))
+  drop3, _ = m(x, dropout_key=jax.random.key(2))
+  np.testing.assert_array_equal(drop1, drop2)
+  assert not np.allclose(drop1, det1) and not np.allclose(drop1, drop3)
+
+  def loss(model):
+    return jnp.mean(model(x)[0] ** 2)
+
+  rm = Llama(dataclasses.replace(CFG, remat="full"), rngs=nnx.Rngs(0))
+  plain = Llama(CFG, rngs=nnx.Rngs(0))
+  grads = nnx.jit(nnx.grad(loss))
+  g_remat, g_plain = grads(rm), grads(plain)
+  for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain)):
+    # Recomputation reorders float sums, so agreement is to rounding, not bitwise.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.max(np.abs(b))))
+
+
+def test_tied_embeddings_have_no_head():
+  m = Llama(dataclasses.replace(CFG, tie_word_embeddings=True), rngs=nnx.Rngs(0))
+  assert not hasattr(m, "lm_head")
+  assert m(_tokens(1, 3))[0].shape == (1, 3, CFG.vocab_size)
