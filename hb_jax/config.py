@@ -328,3 +328,97 @@ class TrainConfig:
       if num_examples >= size:
         steps = s
     return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Supervised finetuning (loss on response tokens only). Defaults are the paper's where it gives them:
+  lr 1e-5 decaying linearly to 9e-6 at the last step, weight decay 0.1, dropout 0.1, 32 examples per step
+  (8 below 3,000 examples). AdamW betas (0.9, 0.95) follow a public reproduction (the paper is silent)."""
+  learning_rate: float = 1e-5
+  end_learning_rate: float = 9e-6
+  warmup_steps: int = 0  # linear 0 -> learning_rate first, then the linear decay
+  weight_decay: float = 0.1  # not applied to RMSNorm weights
+  adam_b1: float = 0.9
+  adam_b2: float = 0.95
+  adam_eps: float = 1e-8
+  grad_clip_norm: float = 1.0  # 0: no clipping
+  dropout_rate: float = 0.1
+  batch_size: int = 0  # examples per optimizer step; 0: the paper's rule (below)
+  small_data_batch_size: int = 8
+  large_data_batch_size: int = 32
+  small_data_threshold: int = 3000  # fewer training examples than this -> small_data_batch_size
+  micro_batches: int = 1  # gradient accumulation: the step scans over this many parts of the batch
+  num_steps: int = 0  # 0: num_epochs if set, else the paper's steps for the data size
+  num_epochs: float = 0.0
+  seq_len: int = 2048  # row length in tokens
+  overlong: str = "truncate"  # truncate | drop (see hb_jax/data/loader.py)
+  packing: bool = True
+  rows_per_micro_batch: int = 0  # 0: planned from the data (the fewest rows every step fits in)
+  val_examples: int = 0  # held-out examples for validation loss (taken before training, seeded)
+  val_fraction: float = 0.0  # used when val_examples is 0
+  eval_every: int = 0  # steps; 0: only at the end (when there is a validation split)
+  seed: int = 0  # data order, dropout, validation split
+  dtype: str = "auto"  # compute dtype override for the model ('auto': bf16 on accelerators, fp32 on CPU)
+  remat: str = ""  # '' keeps the model's; none | full | dots
+  mesh_data: int = 1
+  mesh_fsdp: int = -1
+  mesh_tensor: int = 1
+  checkpoint_every: int = 100  # steps; a checkpoint is also written at the end and on SIGTERM
+  keep_checkpoints: int = 2
+  async_checkpointing: bool = True
+  log_every: int = 10
+  tensorboard: bool = False
+  progress_bar: bool = True
+  peak_flops_per_device: float = 0.0  # for MFU; 0: a known accelerator's bf16 peak, else no MFU
+  direction: str = "forward"  # forward: instruction -> output; backward: output -> instruction
+  tag_mode: str = "source"  # forward prompts' tag (hb_jax.data.prompts.tag_for); 'none' for no tag
+
+  def __post_init__(self):
+    for key in ("warmup_steps", "batch_size", "num_steps", "rows_per_micro_batch", "val_examples",
+                "eval_every", "checkpoint_every", "seed"):
+      if getattr(self, key) < 0:
+        raise ConfigError(f"train.{key} must be >= 0, found {getattr(self, key)}")
+    for key in ("micro_batches", "seq_len", "keep_checkpoints", "log_every", "small_data_batch_size",
+                "large_data_batch_size"):
+      if getattr(self, key) <= 0:
+        raise ConfigError(f"train.{key} must be positive, found {getattr(self, key)}")
+    if self.learning_rate <= 0 or self.end_learning_rate < 0:
+      raise ConfigError(f"train.learning_rate must be > 0 and end_learning_rate >= 0, found "
+                        f"{self.learning_rate}, {self.end_learning_rate}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ConfigError(f"train.dropout_rate must be in [0, 1), found {self.dropout_rate}")
+    if not 0.0 <= self.val_fraction < 1.0:
+      raise ConfigError(f"train.val_fraction must be in [0, 1), found {self.val_fraction}")
+    if self.overlong not in ("truncate", "drop"):
+      raise ConfigError(f"train.overlong must be truncate|drop, found {self.overlong!r}")
+    if self.direction not in ("forward", "backward"):
+      raise ConfigError(f"train.direction must be forward|backward, found {self.direction!r}")
+    if self.remat not in ("", "none", "full", "dots"):
+      raise ConfigError(f"train.remat must be ''|none|full|dots, found {self.remat!r}")
+    if self.dtype not in DTYPES + ("auto",):
+      raise ConfigError(f"train.dtype must be one of {DTYPES + ('auto',)}, found {self.dtype!r}")
+    MeshConfig(self.mesh_data, self.mesh_fsdp, self.mesh_tensor)
+
+  @property
+  def mesh(self) -> MeshConfig:
+    return MeshConfig(self.mesh_data, self.mesh_fsdp, self.mesh_tensor)
+
+  def examples_per_step(self, num_examples: int) -> int:
+    if self.batch_size:
+      return self.batch_size
+    return self.small_data_batch_size if num_examples < self.small_data_threshold else self.large_data_batch_size
+
+  def steps_for(self, num_examples: int) -> int:
+    """num_steps; else ceil(num_epochs x examples / batch); else the paper's steps for the data size
+    (7B scaling runs: 3,200 -> 500, 6,400 -> 600, 12,800 -> 600, 25,600 -> 1,200, 51,200 -> 1,600; the
+    row of the largest size not above num_examples, 500 below 3,200, 1,600 above 51,200)."""
+    if self.num_steps:
+      return self.num_steps
+    if self.num_epochs:
+      return max(1, math.ceil(self.num_epochs * num_examples / self.examples_per_step(num_examples)))
+    steps = 500
+    for size, s in ((3200, 500), (6400, 600), (12800, 600), (25600, 1200), (51200, 1600)):
+      if num_examples >= size:
+        steps = s
+    return steps
