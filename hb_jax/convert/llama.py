@@ -106,8 +106,12 @@ def validate_source(source: TensorSource, cfg: ModelConfig) -> None:
     raise ConversionError(f"{source.where}: checkpoint does not match its config:\n  " + "\n  ".join(shown))
 
 
-def params_from_source(source: TensorSource, cfg: ModelConfig, dtype=np.float32) -> dict:
-  """Reads every tensor once into a nested params dict of numpy arrays (one copy of the weights)."""
+def params_from_source(source: TensorSource, cfg: ModelConfig, dtype=np.float32, place=None) -> dict:
+  """Reads every tensor once into a nested params dict (one copy of the weights).
+
+  `place` (e.g. jax.device_put) is applied to each finished array as soon as it is complete, so the
+  staging numpy array is freed before the next one is built: peak memory is the result plus one tensor.
+  """
   validate_source(source, cfg)
   params: dict = {}
   for m in mappings(cfg):
@@ -123,7 +127,8 @@ def params_from_source(source: TensorSource, cfg: ModelConfig, dtype=np.float32)
     node = params
     for key in m.ours[:-1]:
       node = node.setdefault(key, {})
-    node[m.ours[-1]] = out
+    node[m.ours[-1]] = out if place is None else place(out)
+    del out
   return params
 
 
@@ -149,8 +154,10 @@ def convert(input_dir, output_dir, *, param_dtype: str = "float32", overwrite: b
   cfg = dataclasses.replace(source.config, param_dtype=param_dtype)
   created = not output_dir.exists()
   try:
+    import jax
+
     params = params_from_source(source, cfg, dtype=np.dtype(param_dtype) if param_dtype != "bfloat16"
-                                else _bf16())
+                                else _bf16(), place=jax.device_put)
     source.close()
     checkpoint.save_model_folder(output_dir, cfg, params, tokenizer_file=source.tokenizer_file,
                                  extra_json={"converted_from": str(input_dir),
