@@ -78,7 +78,87 @@ class LanguageModel:
                        f"[{tokens.min()}, {tokens.max()}]")
     with jax.set_mesh(self.mesh):
       out = _forward_logits(self.graphdef, self.state, self.put_batch(tokens))
-    return np.asarray(jax.device_get(out), dtype=np.float32)
+    return fetch(out)
+
+
+  # ---- generation and scoring (hb_jax/sample); engines are built on first use and kept.
+  def sampler(self, config=None):
+    """The batched KV-cache generation engine (hb_jax.sample.sampler.Sampler) for `config`."""
+    from hb_jax.config import SampleConfig
+    from hb_jax.sample.sampler import Sampler
+
+    config = config or SampleConfig()
+    engines = self.__dict__.setdefault("_samplers", {})
+    if config not in engines:
+      detok = self.tokenizer.decode if self.tokenizer is not None else None
+      engines[config] = Sampler(self.model, self.mesh, config, rules=self.rules, detokenize=detok)
+    return engines[config]
+
+  def scorer(self, config=None):
+    """Teacher-forced scoring engine (hb_jax.sample.scoring.Scorer) for `config`."""
+    from hb_jax.config import SampleConfig
+    from hb_jax.sample.scoring import Scorer
+
+    config = config or SampleConfig()
+    engines = self.__dict__.setdefault("_scorers", {})
+    if config not in engines:
+      engines[config] = Scorer(self.model, self.mesh, config, rules=self.rules)
+    return engines[config]
+
+  def generate(self, prompts, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int = 0, seed=0, stop=(), return_logprobs: bool = False, *, config=None):
+    """Continues each prompt (token-id lists -> lists of new ids; strings -> strings, BOS added).
+
+    Stops after EOS (excluded) or max_new_tokens. temperature 0 is greedy. `seed`: an int (row i uses
+    fold_in(PRNGKey(seed), i)) or one int per prompt (e.g. a hash of the record id). `stop`: strings (cut
+    from the text; token results keep the tokens through the one completing the string) and/or token-id
+    sequences (excluded). With return_logprobs each result is (tokens_or_text, float32 log-probs).
+    """
+    from hb_jax.sample import plan
+    from hb_jax.sample.sampling import Sampling
+
+    prompts = list(prompts)
+    as_text = bool(prompts) and isinstance(prompts[0], str)
+    if as_text:
+      if self.tokenizer is None:
+        raise ValueError(f"generate: string prompts need a tokenizer, but {self.path} has none")
+      ids = [self.tokenizer.encode(p, bos=True) for p in prompts]
+    else:
+      ids = [list(p) for p in prompts]
+    if isinstance(seed, (int, np.integer)):
+      seeds = plan.seed_pairs_from_int(int(seed), len(ids))
+    else:
+      seeds = plan.seed_pairs_from_ints(list(seed))
+      if len(seeds) != len(ids):
+        raise ValueError(f"generate: {len(ids)} prompts but {len(seeds)} seeds")
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    stop_strings = tuple(s for s in stop if isinstance(s, str))
+    stop_sequences = tuple(tuple(s) for s in stop if not isinstance(s, str))
+    completions = self.sampler(config).generate(
+        ids, max_new_tokens=max_new_tokens, sampling=Sampling(temperature, top_k, top_p), seeds=seeds,
+        stop_sequences=stop_sequences, stop_strings=stop_strings)
+    results = []
+    for c in completions:
+      out = c.tokens.tolist()
+      if as_text:
+        out = self.tokenizer.decode(out)
+        for s in stop_strings:
+          out = out.split(s, 1)[0] if s in out else out
+      results.append((out, c.logprobs) if return_logprobs else out)
+    return results
+
+  def loglikelihood(self, contexts, continuations) -> np.ndarray:
+    """float32 [N]: summed log p(continuation | context) for token-id lists, one teacher-forced pass."""
+    return self.scorer().loglikelihood(contexts, continuations)
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) global array as one host numpy array on every process."""
+  if not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
 
 
 def _spec_axes(entry) -> tuple[str, ...]:

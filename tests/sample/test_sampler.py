@@ -1,0 +1,121 @@
+"""The KV-cache sampler: exactness against full recomputation, stopping rules, and invariance to batch
+composition, shared-prefix reuse and continuous-batching refills."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hb_jax.sample.sampler import Sampler
+from hb_jax.sample.sampling import Sampling
+
+from .common import TEST_SAMPLE, assert_greedy_equal, greedy_reference, random_prompts, tiny_model
+
+LENGTHS = (5, 9, 3, 12, 7, 14)
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def model():
+  return tiny_model(0)
+
+
+@pytest.fixture(scope="module")
+def sampler(model):
+  return Sampler(model, config=TEST_SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  return random_prompts(LENGTHS, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(model, prompts):
+  return [greedy_reference(model, p, MAX_NEW) for p in prompts]
+
+
+def test_greedy_with_cache_equals_full_recomputation(sampler, prompts, reference):
+  out = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=())
+  for i, (c, (ref, margins)) in enumerate(zip(out, reference)):
+    assert_greedy_equal(c.tokens, ref, margins, f"prompt {i}")
+    assert c.finish_reason == "length" and len(c.logprobs) == len(c.tokens)
+    assert np.all(c.logprobs <= 0)
+
+
+def test_eos_stops_and_is_excluded(sampler, prompts, reference):
+  ref = reference[0][0]
+  eos = ref[3]
+  cut = ref.index(eos)  # the first occurrence ends the row
+  out = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(eos,))[0]
+  assert out.tokens.tolist() == ref[:cut] and out.finish_reason == "eos"
+  assert sampler.generate(prompts[:1], max_new_tokens=0)[0].tokens.size == 0
+
+
+def test_stop_sequence_is_excluded(sampler, prompts, reference):
+  ref = reference[1][0]
+  seq = tuple(ref[2:4])
+  out = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
+                         stop_sequences=[seq])[1]
+  first = next(i for i in range(len(ref) - 1) if tuple(ref[i:i + 2]) == seq)
+  assert out.tokens.tolist() == ref[:first] and out.finish_reason == "stop"
+
+
+def test_stop_strings_release_the_row(sampler, prompts, reference):
+  sampler.detokenize = lambda ids: " ".join(f"t{i}" for i in ids)
+  ref = reference[2][0]
+  out = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
+                         stop_strings=[f"t{ref[1]} t{ref[2]}"])[2]
+  assert out.tokens.tolist() == ref[:3] and out.finish_reason == "stop"
+
+
+def _sampled(sampler, prompts, seeds, **kw):
+  return sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(1.0, 0, 0.9), seeds=seeds,
+                          eos_ids=(), **kw)
+
+
+def _assert_same(a, b):
+  assert a.tokens.tolist() == b.tokens.tolist()
+  np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_composition_invariance(sampler, prompts):
+  seeds = np.stack([np.full(len(prompts), 5, np.uint32), np.arange(len(prompts), dtype=np.uint32)], 1)
+  together = _sampled(sampler, prompts, seeds)
+  order = [4, 1, 5, 0, 3, 2]
+  shuffled = _sampled(sampler, [prompts[i] for i in order], seeds[order])
+  for j, i in enumerate(order):
+    _assert_same(shuffled[j], together[i])
+  # Same prompt and seed beside different batch-mates (prompt 3 is in the 16-token bucket).
+  mates = random_prompts([10, 15], seed=11)
+  mixed = _sampled(sampler, [mates[0], prompts[3], mates[1]], np.stack([seeds[0], seeds[3], seeds[5]]))
+  _assert_same(mixed[1], together[3])
+
+
+def test_prefix_reuse_and_refills_change_nothing(model, sampler):
+  prefix = random_prompts([20], seed=7)[0]
+  tails = random_prompts([2, 6, 1, 8, 4, 3, 7], seed=8)
+  prompts = [prefix + t for t in tails]
+  refs = [greedy_reference(model, p, MAX_NEW) for p in prompts]
+  # Stop sequences end rows after different numbers of tokens, so 7 rows on 4 slots get refilled.
+  stops = [tuple(r[k:k + 2]) for (r, _), k in zip(refs, (1, 5, 2, 6, 0, 3, 4))]
+  before = dict(sampler.stats)
+  got = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
+                         stop_sequences=stops)
+  assert sampler.stats["prefix_tokens"] - before.get("prefix_tokens", 0) == 20
+  assert sampler.stats["prefill_rows"] - before.get("prefill_rows", 0) > 4, "expected refills"
+  for i, (c, (ref, margins)) in enumerate(zip(got, refs)):
+    cut = min((j for j in range(len(ref) - 1) if tuple(ref[j:j + 2]) in stops), default=len(ref))
+    assert_greedy_equal(c.tokens, ref[:cut], margins, f"prompt {i}")
+  assert len({len(c.tokens) for c in got}) > 2
+
+
+def test_compilations_are_bounded(sampler):
+  before = dict(sampler.compilations)
+  lengths = np.random.default_rng(3).integers(1, 17, size=20)
+  for eos in ((2,), (5, 6)):  # stop rules are arrays: changing them compiles nothing new
+    sampler.generate(random_prompts(lengths, seed=4), max_new_tokens=MAX_NEW, sampling=Sampling(),
+                     eos_ids=eos)
+  new = {k: v - before.get(k, 0) for k, v in sampler.compilations.items()}
+  buckets = {8 if n <= 8 else 16 for n in lengths}
+  # Per length bucket at most one decode loop and refills of 1, 2 or 4 rows (some compiled earlier).
+  assert new.get("decode", 0) <= len(buckets) and new.get("refill", 0) <= 3 * len(buckets), new

@@ -1,0 +1,89 @@
+"""Token selection: greedy, and top-k / top-p drawing from the exact truncated distribution."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from hb_jax.sample.sampling import Sampling, row_keys_from_seeds, select_tokens, truncate_logits
+
+PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.015, 0.005])
+
+
+def expected(probs, temperature, top_k, top_p):
+  """The truncated distribution, computed independently in float64 numpy."""
+  p = np.exp(np.log(probs) / temperature)
+  p /= p.sum()
+  order = np.argsort(-p, kind="stable")
+  keep = np.zeros_like(p, bool)
+  kept = order[:top_k] if top_k else order
+  q = p[kept] / p[kept].sum()
+  mass = 0.0
+  for tok, qi in zip(kept, q):
+    if mass >= top_p:
+      break
+    keep[tok] = True
+    mass += qi
+  out = np.where(keep, p, 0.0)
+  return out / out.sum()
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def select(logits, seeds, sampling, steps=None):
+  """select_tokens with keys from (a, b) seed pairs, as one program (eager ops are slow on 8 devices)."""
+  steps = jnp.zeros(logits.shape[0], jnp.int32) if steps is None else steps
+  return select_tokens(logits, row_keys_from_seeds(seeds), steps, sampling)
+
+
+def seed_pairs(n, seed=0):
+  return np.stack([np.full(n, seed, np.uint32), np.arange(n, dtype=np.uint32)], axis=1)
+
+
+def draw(probs, sampling, n=20000, seed=0):
+  logits = np.broadcast_to(np.log(np.asarray(probs, np.float32)), (n, len(probs)))
+  tokens, _ = select(logits, seed_pairs(n, seed), sampling)
+  return np.bincount(np.asarray(tokens), minlength=len(probs))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.9), (0.7, 6, 0.8)])
+def test_draws_follow_truncated_distribution(temperature, top_k, top_p):
+  want = expected(PROBS, temperature, top_k, top_p)
+  counts = draw(PROBS, Sampling(temperature, top_k, top_p))
+  assert counts[want == 0].sum() == 0, f"drew tokens outside the kept set: {counts} vs {want}"
+  keep = want > 0
+  result = stats.chisquare(counts[keep], want[keep] * counts.sum())
+  assert result.pvalue > 1e-3, f"chi-square p={result.pvalue:.2e}: counts {counts}, expected {want}"
+
+
+def test_nucleus_keeps_the_crossing_token_and_the_top_token():
+  logits = np.log(PROBS[None].astype(np.float32))
+  cut = jax.jit(truncate_logits, static_argnums=(1, 2))
+  kept = np.isfinite(np.asarray(cut(logits, 0, 0.7)))[0]
+  assert kept.tolist() == [True] * 4 + [False] * 6  # 0.3+0.2+0.15 = 0.65 < 0.7, so the 4th is kept
+  kept = np.isfinite(np.asarray(cut(logits, 0, 1e-6)))[0]
+  assert kept.tolist() == [True] + [False] * 9
+
+
+def test_greedy_is_argmax_and_logprob_is_model_logprob():
+  logits = np.random.default_rng(0).normal(size=(5, 33)).astype(np.float32)
+  tokens, logp = select(logits, seed_pairs(5), Sampling())
+  np.testing.assert_array_equal(tokens, np.argmax(logits, -1))
+  logz = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+  want = np.take_along_axis(logits, np.asarray(tokens)[:, None], 1)[:, 0] - logz
+  np.testing.assert_allclose(logp, want, rtol=1e-5)
+  # top_k=1 sampling is greedy too, whatever the key.
+  t1, _ = select(logits, seed_pairs(5, 7), Sampling(1.0, 1, 1.0))
+  np.testing.assert_array_equal(t1, tokens)
+
+
+def test_row_draw_ignores_batch_mates():
+  logits = np.random.default_rng(1).normal(size=(6, 50)).astype(np.float32)
+  seeds, steps, s = seed_pairs(6, 3), np.arange(6, dtype=np.int32), Sampling(1.0, 0, 0.9)
+  full, _ = select(logits, seeds, s, steps)
+  for order in ([5, 4, 3, 2, 1, 0], [2, 0, 4, 1, 5, 3]):
+    shuffled, _ = select(logits[order], seeds[order], s, steps[order])
+    np.testing.assert_array_equal(np.asarray(shuffled), np.asarray(full)[order])
