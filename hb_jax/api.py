@@ -78,8 +78,7 @@ class LanguageModel:
                        f"[{tokens.min()}, {tokens.max()}]")
     with jax.set_mesh(self.mesh):
       out = _forward_logits(self.graphdef, self.state, self.put_batch(tokens))
-    return fetch(out)
-
+    return np.asarray(jax.device_get(out), dtype=np.float32)
 
   # ---- generation and scoring (hb_jax/sample); engines are built on first use and kept.
   def sampler(self, config=None):
