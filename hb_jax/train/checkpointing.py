@@ -1,0 +1,97 @@
+"""Training checkpoints: TrainState + the grain iterator state, via one Orbax CheckpointManager.
+
+- Async: `save` returns once arrays are copied off the device; files are written in the background.
+- Atomic: Orbax writes each step into a temporary folder and finalises it (rename on local disks, a commit
+  marker on object stores); `latest_step` only sees finalised steps, so a checkpoint half-written when the
+  process was killed is never taken for a good one (Orbax removes such leftovers on the next start).
+- Policy: every `save_every` steps, on demand (`force`: the end of training, preemption), keep the last K.
+- Preemption: SIGTERM sets a flag; `PreemptionWatcher.should_stop(step)` agrees on it across processes
+  (all processes must stop at the same step to write one checkpoint together).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+STATE, DATA = "state", "data"
+
+
+class TrainCheckpointer:
+  def __init__(self, directory, *, save_every: int, keep: int, async_save: bool = True):
+    self.directory = epath.Path(directory)
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=max(1, save_every) if save_every else 10**12,
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator, *, force: bool = False) -> bool:
+    """Saves if the policy says so (or `force`); returns whether a save was started."""
+    if step in self.manager.all_steps():
+      return False
+    return self.manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state),
+        DATA: grain.checkpoint.CheckpointSave(data_iterator)}), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator) -> Any:
+    """Restores TrainState (onto `abstract_state`'s shardings) and, in place, the data iterator."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_state),
+        DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+    return restored[STATE]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class PreemptionWatcher:
+  """SIGTERM -> save and stop at a step every process agrees on.
+
+  Single process: the flag alone. Several processes: the flags are all-gathered every `sync_every` steps
+  (a tiny host collective), and everyone stops at that step if any process was signalled.
+  """
+
+  def __init__(self, sync_every: int = 1, signals=(signal.SIGTERM,)):
+    self._flag = threading.Event()
+    self.sync_every = max(1, sync_every)
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("received signal %d: will checkpoint and stop at the next agreed step", signum)
+    self._flag.set()
+
+  def request(self) -> None:
+    """Asks for a stop as a signal would (tests, or a caller's own policy)."""
+    self._flag.set()
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._flag.is_set()
+    if step % self.sync_every:
+      return False
+    flags = multihost_utils.process_allgather(np.array([self._flag.is_set()], np.int32))
+    return bool(np.any(flags))
+
+  def close(self) -> None:
+    for sig, prev in self._previous.items():
+      signal.signal(sig, prev)
+    self._previous = {}

@@ -1,0 +1,164 @@
+"""The training loop: resume or init, step, log, evaluate, checkpoint, stop cleanly on SIGTERM.
+
+`train` works on already-tokenised examples and returns the final TrainState; reading JSONL, tokenising
+and writing the model folder are `finetune.py`'s job. Resuming is exact: the checkpoint holds params,
+optimizer state, step, base RNG key and the grain iterator state, and dropout keys derive from
+(key, step), so a run killed at any point and rerun ends bit-identical to an uninterrupted one (same
+devices, same mesh).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from hb_jax.config import ModelConfig, TrainConfig
+from hb_jax.data import loader
+from hb_jax.parallel import TRAIN_RULES, Rules
+from hb_jax.train import checkpointing, metrics as metrics_lib, step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: step_lib.TrainState
+  step: int  # optimizer steps taken (== num_steps when completed)
+  num_steps: int
+  completed: bool  # False when stopped by preemption
+  resumed_from: int | None
+  last_metrics: dict[str, float]
+  val_loss: float | None
+  plan: loader.BatchPlan
+
+
+def training_model_config(base: ModelConfig, tc: TrainConfig) -> ModelConfig:
+  """The base model's config with the run's dropout, compute dtype and remat."""
+  return dataclasses.replace(base, dropout_rate=tc.dropout_rate, dtype=tc.dtype,
+                             remat=tc.remat or base.remat)
+
+
+def evaluate(eval_fn, params, examples: Sequence[loader.Example], *, group: int, tc: TrainConfig, mesh: Mesh,
+             rules: Rules = TRAIN_RULES) -> float | None:
+  """Mean NLL over every response token of `examples` (None without examples)."""
+  if not examples:
+    return None
+  _, batches = loader.eval_batches(examples, group=group, seq_len=tc.seq_len, packed=tc.packing, mesh=mesh,
+                                   rules=rules)
+  total = count = 0.0
+  for batch in batches:
+    out = jax.device_get(eval_fn(params, batch))
+    total += float(out["loss_sum"])
+    count += float(out["loss_tokens"])
+  return total / max(count, 1.0)
+
+
+def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequence[loader.Example],
+          workdir, *, val_examples: Sequence[loader.Example] = (), num_steps: int | None = None,
+          init_params: Callable[[], Any] | None = None, rules: Rules = TRAIN_RULES,
+          watcher: checkpointing.PreemptionWatcher | None = None,
+          on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+  """Trains `cfg` (already carrying dropout/dtype/remat) on prepared examples.
+
+  workdir gets `checkpoints/` (Orbax steps) and `metrics.jsonl` (+ `tensorboard/`). `init_params()`
+  returns the starting params (e.g. a base model restored with TRAIN_RULES); it is only called when no
+  checkpoint exists. Without it the model is initialised from tc.seed.
+  """
+  from etils import epath
+
+  workdir = epath.Path(workdir)
+  n = len(train_examples)
+  batch_size = tc.examples_per_step(n)
+  num_steps = num_steps or tc.steps_for(n)
+  plan = loader.plan_batches([loader.num_slots(e) for e in train_examples], batch_size=batch_size,
+                             micro_batches=tc.micro_batches, seq_len=tc.seq_len, packed=tc.packing,
+                             num_steps=num_steps, seed=tc.seed, mesh=mesh, rules=rules,
+                             rows=tc.rows_per_micro_batch)
+  data = loader.TrainData(train_examples, plan, seed=tc.seed, mesh=mesh, rules=rules)
+  tx, schedule = step_lib.make_optimizer(tc, num_steps)
+  step_fn = step_lib.jit_train_step(cfg, tx, schedule, mesh, rules)
+  eval_fn = step_lib.jit_eval_step(cfg, mesh, rules)
+  ckpt = checkpointing.TrainCheckpointer(workdir / "checkpoints", save_every=tc.checkpoint_every,
+                                         keep=tc.keep_checkpoints, async_save=tc.async_checkpointing)
+  own_watcher = watcher is None
+  watcher = watcher or checkpointing.PreemptionWatcher()
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=tc.tensorboard)
+  peak = metrics_lib.peak_flops_per_device(tc.peak_flops_per_device) * mesh.size
+  throughput = metrics_lib.Throughput(cfg, peak)
+  eval_group = max(1, plan.local_examples // plan.micro_batches)
+
+  try:
+    with jax.set_mesh(mesh):
+      resumed_from = ckpt.latest_step()
+      if resumed_from is not None:
+        state = ckpt.restore(resumed_from, step_lib.abstract_state(cfg, tx, mesh, rules), data.iterator)
+        log.info("resumed from step %d of %d", resumed_from, num_steps)
+      else:
+        params = None if init_params is None else init_params()
+        state = step_lib.init_state(cfg, tx, mesh, seed=tc.seed, params=params, rules=rules)
+      step = int(jax.device_get(state.step))
+      if step != (resumed_from or 0):
+        raise RuntimeError(f"checkpoint step {resumed_from} holds state.step {step}")
+      writer.write(step, {"event": "start", "num_steps": num_steps, "batch_size": batch_size,
+                          "micro_batches": plan.micro_batches, "rows_per_micro_batch": plan.rows,
+                          "seq_len": plan.seq_len, "packed": plan.packed, "train_examples": n,
+                          "val_examples": len(val_examples), "resumed_from": resumed_from or 0})
+      bar = tqdm(total=num_steps, initial=step, disable=not (tc.progress_bar and jax.process_index() == 0),
+                 desc="train", dynamic_ncols=True)
+      window: list[dict] = []
+      last: dict[str, float] = {}
+      val_loss = None
+      completed = True
+      first = True
+      while step < num_steps:
+        state, m = step_fn(state, data.next())
+        step += 1
+        window.append(m)
+        if first:  # the first step includes compilation: don't count it in throughput
+          jax.block_until_ready(m)
+          throughput.reset()
+          window, first = [], False
+        ckpt.save(step, state, data.iterator)
+        log_now = step % tc.log_every == 0 or step == num_steps
+        if log_now and window:
+          host = jax.device_get(window)
+          for w in host:
+            throughput.add(float(w["tokens"]), float(w["attention_pairs"]))
+          last = {"loss": float(host[-1]["loss"]), "grad_norm": float(host[-1]["grad_norm"]),
+                  "lr": float(host[-1]["lr"]),
+                  "loss_avg": float(np.mean([float(w["loss"]) for w in host])), **throughput.report()}
+          window = []
+          writer.write(step, last)
+          bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+          if on_step is not None:
+            on_step(step, last)
+        if val_examples and ((tc.eval_every and step % tc.eval_every == 0) or step == num_steps):
+          val_loss = evaluate(eval_fn, state.params, val_examples, group=eval_group, tc=tc, mesh=mesh,
+                              rules=rules)
+          writer.write(step, {"val_loss": val_loss})
+          throughput.reset()
+        bar.update(1)
+        if step < num_steps and watcher.should_stop(step):
+          log.warning("preempted: checkpointing step %d and stopping", step)
+          ckpt.save(step, state, data.iterator, force=True)
+          writer.write(step, {"event": "preempted"})
+          completed = False
+          break
+      bar.close()
+      if completed:
+        ckpt.save(step, state, data.iterator, force=True)
+        writer.write(step, {"event": "end", **last, **({"val_loss": val_loss} if val_loss is not None else {})})
+      ckpt.wait()
+  finally:
+    ckpt.close()
+    writer.close()
+    if own_watcher:
+      watcher.close()
+  return TrainResult(state=state, step=step, num_steps=num_steps, completed=completed,
+                     resumed_from=resumed_from, last_metrics=last, val_loss=val_loss, plan=plan)
