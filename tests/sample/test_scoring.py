@@ -1,0 +1,61 @@
+"""Scoring primitives against the plain forward pass: loglikelihood and candidate next-token odds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from hb_jax.api import LanguageModel
+from hb_jax.parallel import single_device_mesh
+from hb_jax.sample.scoring import expected_value
+
+from .common import TEST_SAMPLE, TINY, random_prompts, tiny_model
+
+
+@pytest.fixture(scope="module")
+def lm():
+  model = tiny_model(2)
+  return LanguageModel(TINY, nnx.to_pure_dict(nnx.state(model, nnx.Param)), single_device_mesh())
+
+
+def _log_softmax(x):
+  x = x.astype(np.float64)
+  return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+
+
+def test_loglikelihood_is_sum_of_log_softmax_of_logits(lm):
+  # Four pairs of total length 12, so one `logits` call checks them all; then odd lengths in buckets.
+  ctx_lens, cont_lens = (1, 4, 9, 11), (11, 8, 3, 1)
+  seqs = random_prompts([12] * 4, seed=3)
+  ctxs = [s[:c] for s, c in zip(seqs, ctx_lens)]
+  conts = [s[c:] for s, c in zip(seqs, ctx_lens)]
+  logp = _log_softmax(lm.logits(np.asarray(seqs)))
+  want = [sum(logp[i, t - 1, seqs[i][t]] for t in range(c, 12)) for i, c in enumerate(ctx_lens)]
+  got = lm.scorer(TEST_SAMPLE).loglikelihood(ctxs, conts)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # The public method (default config: other buckets and batch) agrees too; empty continuations score 0.
+  np.testing.assert_allclose(lm.loglikelihood(ctxs + [[5]], conts + [[]]), want + [0.0], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_candidate_distribution_matches_logits(lm):
+  ctxs = random_prompts([12, 5, 12, 30], seed=4)
+  cands = [7, 8, 9, 10, 11]
+  scorer = lm.scorer(TEST_SAMPLE)
+  logp = scorer.candidate_logprobs(ctxs, cands)
+  probs = scorer.candidate_distribution(ctxs, cands)
+  for i, c in enumerate(ctxs):
+    full = _log_softmax(lm.logits(np.asarray([c]))[0, -1])
+    np.testing.assert_allclose(logp[i], full[cands], rtol=1e-5)
+    q = np.exp(full[cands]) / np.exp(full[cands]).sum()
+    np.testing.assert_allclose(probs[i], q, rtol=1e-5)
+  ev = expected_value(probs, [1, 2, 3, 4, 5])
+  assert np.all((ev >= 1) & (ev <= 5))
+
+
+def test_scoring_rejects_bad_input(lm):
+  with pytest.raises(ValueError, match="context 0 is empty"):
+    lm.loglikelihood([[]], [[3]])
+  with pytest.raises(ValueError, match=r"token ids must be in \[0, 128\)"):
+    lm.loglikelihood([[1]], [[500]])
