@@ -1,0 +1,34 @@
+"""The embedded default: the synthetic world (hb_jax/data/synthetic.py), a tiny LLaMA pretrained on its text
+on CPU, then the whole method on it. What `python launch/run.py` and `make demo` run (~15 min on 2 cores).
+
+Settings differ from the paper where a 1M-parameter model needs it: learning rates ~100x higher, no dropout,
+a fixed number of steps per model, a compact judging rubric (the paper's header alone would be ~300 tokens of
+this vocabulary), and A4 (k=4) as the curated set. The headline curation method is `digits`; `generate`
+(the paper's) and `likelihood` score the same candidates for the report (generate on a sample).
+"""
+from ml_collections import config_dict
+
+
+def train_cfg(steps, lr, batch=16, seq_len=256, **kw):
+  return dict(learning_rate=lr, end_learning_rate=lr / 10, warmup_steps=10, weight_decay=0.0, dropout_rate=0.0,
+              batch_size=batch, num_steps=steps, seq_len=seq_len, checkpoint_every=50, keep_checkpoints=1,
+              async_checkpointing=False, log_every=25, **kw)
+
+
+def get_config():
+  c = config_dict.ConfigDict()
+  c.name = "demo"
+  c.progress = True
+  c.inputs = dict(kind="synthetic", world_seed=0, num_countries=30, seed_per_family=6, rating_demos=60,
+                  pool_size=900, good_fraction=0.35, heldout_per_family=40, pretrain_docs=3000)
+  c.base = dict(preset="demo", vocab_size=1024, train=train_cfg(300, 3e-3, batch=32, seq_len=128))
+  c.backward = train_cfg(150, 1e-3, direction="backward")
+  c.train = train_cfg(200, 1e-3)
+  c.augment = dict(temperature=0.7, top_p=0.9, max_new_tokens=24, batch=64, chunk_records=256, seed=0)
+  c.curate = dict(method="digits", k=4.0, iterations=2, compare=("generate", "digits", "likelihood"),
+                  generate_sample=128, temperature=0.7, top_p=0.9, max_new_tokens=16, batch=64,
+                  chunk_records=256, header="compact", seed=0)
+  c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)
+  c.evaluate = dict(max_new_tokens=24, batch=64, tag_mode="both", max_items=0)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  return c

@@ -1,0 +1,149 @@
+"""Orders the stages, checks each against the manifest, and runs what is not done.
+
+For every stage: the config subset it depends on and the output hashes of its upstream stages are compared
+with the manifest. Done and unchanged: skipped. Done but changed: refused (StageConfigChanged names the
+stage and the keys) unless `restart_from` names it or an earlier stage, which forgets that stage and every
+later one and deletes their outputs. Half done: resumed (bulk stages skip committed chunks, training resumes
+from its last checkpoint); half done under a changed config: its partial outputs are cleared first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Sequence
+
+from etils import epath
+
+from hb_jax.pipeline import stages as S
+from hb_jax.pipeline.config import PipelineConfig, section
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  keys: tuple[str, ...]  # config sections the stage's outputs depend on
+  upstream: tuple[str, ...]
+  run: Callable[[S.Context], dict]
+  clean: tuple[str, ...]  # workdir paths removed when the stage is redone from scratch
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+  """The stages of a run, in order."""
+  iters = cfg.curate.iterations if cfg.ablation.curation else 1
+  pre_keys = ("inputs", "base") + (("curate.header",) if cfg.inputs.kind == "synthetic" else ())
+  out = [
+    Stage("prepare", pre_keys, (), S.prepare, ("data", "truth", "models/base", "work/pretrain", "work/tokenizer")),
+    Stage("backward", ("backward", "ablation.joint", "ablation.tags") + (("train",) if cfg.ablation.joint else ()),
+          ("prepare",), S.backward, ("models/backward", "work/train/backward", "work/data/backward.jsonl",
+                                     "work/data/joint.jsonl")),
+    Stage("augment", ("augment", "curate.header"), ("prepare", "backward"), S.augment, ("augment",)),
+    Stage("seed", ("train", "ablation.tags", "ablation.joint"), ("prepare",) + (("backward",) if cfg.ablation.joint else ()),
+          S.seed_model, ("models/m0", "work/train/m0", "work/data/m0.jsonl")),
+  ]
+  trained = []
+  for t in range(1, iters + 1):
+    if cfg.ablation.curation:
+      rater = "seed" if t == 1 else f"train_{t - 1}"
+      out.append(Stage(f"curate_{t}", ("curate", "ablation.tags"), ("augment", rater),
+                       lambda ctx, t=t: S.curate(ctx, t), (f"curate/iter{t}",)))
+      up = (f"curate_{t}", "prepare")
+    else:
+      up = ("augment", "prepare")
+    out.append(Stage(f"train_{t}", ("train", "curate.k", "curate.method", "ablation"), up,
+                     lambda ctx, t=t: S.train_iteration(ctx, t),
+                     (f"models/m{t}", f"work/train/m{t}", f"curate/iter{t}/train.jsonl")))
+    trained.append(f"train_{t}")
+  if cfg.ablation.baselines and cfg.ablation.curation:
+    out.append(Stage("no_curation", ("train", "ablation.tags"), ("augment", "prepare"), S.no_curation,
+                     ("models/no_curation", "work/train/no_curation", "work/data/no_curation.jsonl")))
+    trained.append("no_curation")
+  out.append(Stage("evaluate", ("evaluate", "ablation"), ("prepare", "seed", *trained), S.evaluate, ("evaluate",)))
+  out.append(Stage("report", ("curate", "ablation", "name"), tuple(s.name for s in out), S.report, ("report",)))
+  return out
+
+
+def stage_names(cfg: PipelineConfig) -> list[str]:
+  return [s.name for s in plan(cfg)] + ["finetune"]
+
+
+def _config_subset(cfg: PipelineConfig, keys: Sequence[str]) -> dict:
+  return {k: section(cfg, k) for k in keys}
+
+
+def _remove(ctx: S.Context, rel: str) -> None:
+  p = ctx.path(rel)
+  if p.is_dir():
+    p.rmtree()
+  elif p.exists():
+    p.unlink()
+
+
+@dataclasses.dataclass
+class RunResult:
+  ran: list[str]
+  skipped: list[str]
+  seconds: dict[str, float]
+
+
+def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: str | None = None,
+        share=None) -> RunResult:
+  """Runs the pipeline (or the stage `only`) in `workdir`; see the module docstring."""
+  from hb_jax.pipeline.bulk import Share
+  share = share or Share()
+  workdir = epath.Path(workdir)
+  if share.index == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+  stages = plan(cfg)
+  names = [s.name for s in stages]
+  for flag, value in (("--stage", only), ("--restart_from", restart_from)):
+    if value is not None and value not in names:
+      raise ValueError(f"{flag}={value!r}: expected one of {names} (finetune is launched separately)")
+  manifest = Manifest(workdir, writer=share.index == 0)
+  ctx = S.Context(cfg, workdir, manifest, share)
+  if restart_from is not None:
+    later = names[names.index(restart_from):]
+    if share.index == 0:
+      for s in stages[names.index(restart_from):]:
+        for rel in s.clean:
+          _remove(ctx, rel)
+      manifest.forget(later)
+    ctx.barrier("restart")
+    manifest = ctx.manifest = Manifest(workdir, writer=share.index == 0)
+    log.info("restart_from=%s: forgot %s", restart_from, later)
+  ran, skipped, seconds = [], [], {}
+  for st in stages:
+    if only is not None and st.name != only:
+      continue
+    missing = [u for u in st.upstream if not manifest.is_done(u)]
+    if missing:
+      raise RuntimeError(f"stage {st.name!r} needs {missing} done first (manifest {manifest.path}); run without "
+                         "--stage, or run those stages")
+    config = _config_subset(cfg, st.keys)
+    inputs = {f"{u}:{k}": v for u in st.upstream for k, v in sorted(manifest.outputs(u).items())}
+    state = manifest.check(st.name, config, inputs)
+    if state == "done":
+      skipped.append(st.name)
+      log.info("stage %s: done, skipping", st.name)
+      continue
+    if state == "restart" and share.index == 0:
+      log.warning("stage %s: half done under another config; clearing its partial outputs", st.name)
+      for rel in st.clean:
+        _remove(ctx, rel)
+    ctx.barrier(f"start-{st.name}")
+    log.info("stage %s: %s", st.name, "resuming" if state == "resume" else "running")
+    manifest.start(st.name, config, inputs)
+    t0 = time.time()
+    outputs = st.run(ctx)
+    seconds[st.name] = time.time() - t0
+    manifest.finish(st.name, outputs, {"seconds": round(seconds[st.name], 2)})
+    ctx.barrier(f"done-{st.name}")
+    ran.append(st.name)
+    print(f"[hb_jax] stage {st.name} done in {seconds[st.name]:.1f}s", flush=True)
+  return RunResult(ran, skipped, seconds)
+
+
+__all__ = ["plan", "run", "stage_names", "StageConfigChanged", "RunResult"]
