@@ -61,12 +61,16 @@ class LanguageModel:
     return data_sharding(self.mesh, ndim, self.rules)
 
   def put_batch(self, array: np.ndarray) -> jax.Array:
-    """Places a [B, ...] host array on the mesh, split over the data axes when B divides evenly."""
+    """Places a [B, ...] host array (the same on every process) on the mesh, split over the data axes.
+
+    Built from a callback so it also works when the mesh spans several processes: each process fills
+    only the shards its own devices hold.
+    """
     sharding = self._batch_sharding(array.ndim)
     ways = int(np.prod([self.mesh.shape[a] for a in _spec_axes(sharding.spec[0])]))
     if array.shape[0] % ways:
       sharding = NamedSharding(self.mesh, P())
-    return jax.device_put(array, sharding)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
   def logits(self, tokens) -> np.ndarray:
     """float32 [B, T, V] logits for int32 [B, T] tokens (no padding assumed: one segment per row)."""
@@ -78,7 +82,8 @@ class LanguageModel:
                        f"[{tokens.min()}, {tokens.max()}]")
     with jax.set_mesh(self.mesh):
       out = _forward_logits(self.graphdef, self.state, self.put_batch(tokens))
-    return np.asarray(jax.device_get(out), dtype=np.float32)
+    return fetch(out)
+
 
   # ---- generation and scoring (hb_jax/sample); engines are built on first use and kept.
   def sampler(self, config=None):
