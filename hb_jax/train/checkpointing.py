@@ -39,7 +39,7 @@ class TrainCheckpointer:
 
   def save(self, step: int, state: Any, data_iterator, *, force: bool = False) -> bool:
     """Saves if the policy says so (or `force`); returns whether a save was started."""
-    if step in self.manager.all_steps():
+    if force and step in self.manager.all_steps():  # e.g. the end of training on a save_every multiple
       return False
     return self.manager.save(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),

@@ -96,3 +96,12 @@ def test_sharded_step_equals_single_device(shape, micro):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
   _assert_updates_close(ref_params, params)
+
+
+@pytest.mark.slow
+def test_remat_policies_give_the_same_step():
+  batches = _batches(1, 8, 1, 4, seed=14)
+  tc = tiny_train_config()
+  runs = {r: _run(dataclasses.replace(TINY, remat=r), tc, single_device_mesh(), batches) for r in ("none", "full")}
+  np.testing.assert_allclose(runs["full"][1][0]["loss"], runs["none"][1][0]["loss"], rtol=1e-6)
+  np.testing.assert_allclose(runs["full"][1][0]["grad_norm"], runs["none"][1][0]["grad_norm"], rtol=1e-5)
