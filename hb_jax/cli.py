@@ -54,5 +54,6 @@ def export_hf_main(argv: list[str] | None = None) -> int:
 
 
 def run_main(argv: list[str] | None = None) -> int:
-  from launch_run import main  # noqa: F401  (installed alongside; see launch/run.py)
-  return main(argv)
+  """`hb-run`: the same flags as `python launch/run.py` (hb_jax.pipeline.launch holds the code)."""
+  from hb_jax.pipeline import launch
+  return launch.run(argv if argv is not None else sys.argv)

@@ -74,3 +74,10 @@ def merge(inputs: Sequence[dict], parts: epath.PathLike, name: str, out: epath.P
     for r in inputs:
       yield from by_input.get(r["id"], [])
   return records.write_jsonl(out, ordered())
+
+
+def count_done(inputs: Sequence[dict], parts: epath.PathLike, name: str, share: Share, chunk_records: int) -> int:
+  """Committed chunks of this share (progress reporting and tests)."""
+  parts = epath.Path(parts)
+  return sum(records.is_committed(chunk_path(parts, name, share, i))
+             for i in range(len(my_chunks(inputs, share, chunk_records))))

@@ -62,6 +62,8 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)  # Orbax wants absolute checkpoint paths
   t0 = time.time()
   try:
     if _STAGE.value == "finetune":

@@ -1,0 +1,75 @@
+"""The runner on the real tiny pipeline: skipping finished stages, refusing a changed config (naming stage and
+keys), --restart_from, and resuming a half-done bulk stage to byte-identical outputs."""
+import json
+import shutil
+
+import pytest
+
+from hb_jax.data import records
+from hb_jax.pipeline import runner
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, file_hash
+
+from tests.pipeline.common import tiny_config
+
+UP_TO_AUGMENT = ("prepare", "backward", "augment")
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("tiny") / "run"
+  cfg = tiny_config()
+  for stage in UP_TO_AUGMENT:
+    res = runner.run(cfg, wd, only=stage)
+    assert res.ran == [stage]
+  return cfg, wd
+
+
+def test_finished_stages_are_skipped(augmented):
+  cfg, wd = augmented
+  before = file_hash(wd / "augment/candidates.jsonl")
+  for stage in UP_TO_AUGMENT:
+    assert runner.run(cfg, wd, only=stage).skipped == [stage]
+  assert file_hash(wd / "augment/candidates.jsonl") == before
+  m = Manifest(wd)
+  assert all(m.is_done(s) for s in UP_TO_AUGMENT) and not m.is_done("seed")
+  with pytest.raises(RuntimeError, match=r"stage 'curate_1' needs \['seed'\]"):
+    runner.run(cfg, wd, only="curate_1")
+
+
+def test_changed_config_is_refused_naming_stage_and_keys(augmented):
+  _, wd = augmented
+  changed = tiny_config(**{"augment.temperature": 0.5})
+  with pytest.raises(StageConfigChanged, match=r"stage 'augment'.*augment\.temperature.*--restart_from=augment"):
+    runner.run(changed, wd, only="augment")
+  # An upstream change is refused at the first stage it touches.
+  with pytest.raises(StageConfigChanged, match=r"stage 'backward'.*backward\.num_steps"):
+    runner.run(tiny_config(**{"backward.num_steps": 5}), wd, only="backward")
+
+
+def test_restart_and_resume_reproduce_candidates(augmented, tmp_path):
+  cfg, wd = augmented
+  reference = (wd / "augment/candidates.jsonl").read_bytes()
+  assert reference.count(b"\n") > 0
+  copy = tmp_path / "copy"
+  shutil.copytree(wd, copy)
+  # Simulate a crash in the middle of augment: the stage is 'running', some chunks and the merge are gone.
+  m = json.loads((copy / "manifest.json").read_text())
+  m["stages"]["augment"]["state"] = "running"
+  (copy / "manifest.json").write_text(json.dumps(m))
+  parts = sorted((copy / "augment/parts").glob("*.jsonl"))
+  assert len(parts) >= 2
+  for p in parts[1:]:
+    p.unlink()
+  (copy / "augment/candidates.jsonl").unlink()
+  assert runner.run(cfg, copy, only="augment").ran == ["augment"]
+  assert (copy / "augment/candidates.jsonl").read_bytes() == reference
+  # --restart_from redoes the stage from scratch under the new config, then the old config is refused.
+  changed = tiny_config(**{"augment.seed": 7})
+  res = runner.run(changed, copy, only="augment", restart_from="augment")
+  assert res.ran == ["augment"]
+  redone = (copy / "augment/candidates.jsonl").read_bytes()
+  assert redone != reference  # another sampling seed
+  for r in records.read_pairs(copy / "augment/candidates.jsonl"):
+    assert r["generated_by"] == "models/backward" and r["source"] == "augmented" and r["segment_id"]
+  with pytest.raises(StageConfigChanged, match="augment.seed"):
+    runner.run(cfg, copy, only="augment")
