@@ -69,9 +69,10 @@ class StopRule:
   def make(cls, eos_ids: Sequence[int], stop_sequences: Sequence[Sequence[int]]) -> "StopRule":
     eos = np.full(plan.pow2_ceil(max(4, len(eos_ids))), -1, np.int32)
     eos[:len(eos_ids)] = eos_ids
+    # Shapes are padded (at least 4 sequences of 8 tokens) so typical rules share one program.
     n = len(stop_sequences)
     longest = max((len(q) for q in stop_sequences), default=1)
-    stops = np.full((plan.pow2_ceil(n) if n else 0, plan.pow2_ceil(longest)), -1, np.int32)
+    stops = np.full((plan.pow2_ceil(max(4, n)), plan.pow2_ceil(max(8, longest))), -1, np.int32)
     lens = np.zeros(stops.shape[0], np.int32)
     for i, q in enumerate(stop_sequences):
       stops[i, stops.shape[1] - len(q):] = q

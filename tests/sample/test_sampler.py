@@ -79,16 +79,17 @@ def _assert_same(a, b):
 
 
 def test_batch_composition_invariance(sampler, prompts):
-  seeds = np.stack([np.full(len(prompts), 5, np.uint32), np.arange(len(prompts), dtype=np.uint32)], 1)
-  together = _sampled(sampler, prompts, seeds)
-  order = [4, 1, 5, 0, 3, 2]
-  shuffled = _sampled(sampler, [prompts[i] for i in order], seeds[order])
+  # One 16-token bucket: five prompts on four rows (so one is refilled), in two orders, and beside others.
+  group = [prompts[1], prompts[3], prompts[5]] + random_prompts([10, 15], seed=11)
+  seeds = np.stack([np.full(5, 5, np.uint32), np.arange(5, dtype=np.uint32)], 1)
+  together = _sampled(sampler, group, seeds)
+  order = [4, 2, 0, 3, 1]
+  shuffled = _sampled(sampler, [group[i] for i in order], seeds[order])
   for j, i in enumerate(order):
     _assert_same(shuffled[j], together[i])
-  # Same prompt and seed beside different batch-mates (prompt 3 is in the 16-token bucket).
-  mates = random_prompts([10, 15], seed=11)
-  mixed = _sampled(sampler, [mates[0], prompts[3], mates[1]], np.stack([seeds[0], seeds[3], seeds[5]]))
-  _assert_same(mixed[1], together[3])
+  mixed = _sampled(sampler, [random_prompts([13], seed=12)[0], group[1], group[4]], seeds[[0, 1, 4]])
+  _assert_same(mixed[1], together[1])
+  _assert_same(mixed[2], together[4])
 
 
 def test_prefix_reuse_and_refills_change_nothing(model, sampler):

@@ -45,8 +45,13 @@ def test_candidate_distribution_matches_logits(lm):
   scorer = lm.scorer(TEST_SAMPLE)
   logp = scorer.candidate_logprobs(ctxs, cands)
   probs = scorer.candidate_distribution(ctxs, cands)
+  # One `logits` call: right-padding cannot change a causal model's logits at a context's last token.
+  padded = np.full((len(ctxs), 30), 3, np.int32)
   for i, c in enumerate(ctxs):
-    full = _log_softmax(lm.logits(np.asarray([c]))[0, -1])
+    padded[i, :len(c)] = c
+  all_logits = lm.logits(padded)
+  for i, c in enumerate(ctxs):
+    full = _log_softmax(all_logits[i, len(c) - 1])
     np.testing.assert_allclose(logp[i], full[cands], rtol=1e-5)
     q = np.exp(full[cands]) / np.exp(full[cands]).sum()
     np.testing.assert_allclose(probs[i], q, rtol=1e-5)
