@@ -19,11 +19,11 @@ def get_config():
   c = config_dict.ConfigDict()
   c.name = "demo"
   c.progress = True
-  c.inputs = dict(kind="synthetic", world_seed=0, num_countries=30, seed_per_family=6, rating_demos=60,
+  c.inputs = dict(kind="synthetic", world_seed=0, num_countries=30, seed_per_family=25, rating_demos=40,
                   pool_size=900, good_fraction=0.35, heldout_per_family=40, pretrain_docs=3000)
   c.base = dict(preset="demo", vocab_size=1024, train=train_cfg(300, 3e-3, batch=32, seq_len=128))
-  c.backward = train_cfg(150, 1e-3, direction="backward")
-  c.train = train_cfg(200, 1e-3)
+  c.backward = train_cfg(120, 2e-3, direction="backward")
+  c.train = train_cfg(150, 2e-3)
   c.augment = dict(temperature=0.7, top_p=0.9, max_new_tokens=24, batch=64, chunk_records=256, seed=0)
   c.curate = dict(method="digits", k=4.0, iterations=2, compare=("generate", "digits", "likelihood"),
                   generate_sample=128, temperature=0.7, top_p=0.9, max_new_tokens=16, batch=64,
