@@ -10,7 +10,6 @@ token (hb_jax.train.metrics) x tokens/s / the measured fp32 matmul FLOP/s of thi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -20,38 +19,26 @@ CONFIG_58M = dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8, 
                   max_position_embeddings=2048)
 
 
-def _timeit(fn, steps: int, warmup: int) -> float:
-  """Median seconds per call after `warmup` calls."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
-def matmul_flops(n: int, repeats: int = 5) -> dict[str, float]:
-  """FLOP/s of an n x n fp32 matmul, in XLA (jax) and in torch on this machine."""
+def matmul_fns(n: int) -> dict[str, callable]:
+  """One n x n fp32 matmul each in XLA (jax) and torch (2 n^3 FLOPs per call)."""
   import jax
   import jax.numpy as jnp
 
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
   f = jax.jit(jnp.dot)
-  jax_t = _timeit(lambda: f(a, b).block_until_ready(), repeats, 2)
-  out = {"jax": 2 * n ** 3 / jax_t}
+  out = {"jax": lambda: f(a, b).block_until_ready()}
   try:
     import torch
     ta, tb = torch.randn(n, n), torch.randn(n, n)
-    out["torch"] = 2 * n ** 3 / _timeit(lambda: ta @ tb, repeats, 2)
+    out["torch"] = lambda: ta @ tb
   except ImportError:
     pass
   return out
 
 
-def bench_ours(batch: int, seq: int, steps: int) -> dict[str, float]:
+def setup_ours(batch: int, seq: int):
+  """(one-step closure, info) for the hb_jax train step, compiled and warm-started."""
   import jax
 
   from hb_jax.config import ModelConfig, TrainConfig
@@ -77,13 +64,12 @@ def bench_ours(batch: int, seq: int, steps: int) -> dict[str, float]:
     compiled = fn.lower(holder["state"], gb).compile()
     compile_s = time.perf_counter() - t0
 
-    def one():
+  def one():
+    with jax.set_mesh(mesh):
       holder["state"], m = compiled(holder["state"], gb)
       jax.block_until_ready(m)
 
-    sec = _timeit(one, steps, 2)
-  return {"tokens_per_s": batch * seq / sec, "step_s": sec, "compile_s": compile_s,
-          "params": cfg.num_params, "flops_per_token": _flops_per_token(cfg, seq)}
+  return one, {"compile_s": compile_s, "params": cfg.num_params, "flops_per_token": _flops_per_token(cfg, seq)}
 
 
 def _flops_per_token(cfg, seq):
@@ -91,7 +77,8 @@ def _flops_per_token(cfg, seq):
   return flops_per_token(cfg, seq)
 
 
-def bench_torch(batch: int, seq: int, steps: int) -> dict[str, float]:
+def setup_torch(batch: int, seq: int):
+  """(one-step closure, info) for transformers LlamaForCausalLM + torch AdamW."""
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -114,8 +101,7 @@ def bench_torch(batch: int, seq: int, steps: int) -> dict[str, float]:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
-  sec = _timeit(one, steps, 2)
-  return {"tokens_per_s": batch * seq / sec, "step_s": sec, "threads": torch.get_num_threads()}
+  return one, {"threads": torch.get_num_threads()}
 
 
 def main(argv: list[str]) -> dict:
@@ -128,9 +114,30 @@ def main(argv: list[str]) -> dict:
   args = parser.parse_args(argv)
 
   import jax
-  peak = matmul_flops(args.matmul)
-  ours = bench_ours(args.batch, args.seq, args.steps)
-  ref = bench_torch(args.batch, args.seq, args.steps) if args.reference else None
+  # The contenders run interleaved (ours, torch, matmul, ours, ...) and report medians, so a neighbour's
+  # load on this shared machine slows all three alike instead of skewing the ratio.
+  fns = {"ours": setup_ours(args.batch, args.seq)}
+  if args.reference:
+    fns["reference"] = setup_torch(args.batch, args.seq)
+  mm = matmul_fns(args.matmul)
+  times = {k: [] for k in list(fns) + [f"matmul_{k}" for k in mm]}
+  for r in range(args.steps + 2):
+    for k, (fn, _) in fns.items():
+      t = time.perf_counter()
+      fn()
+      if r >= 2:
+        times[k].append(time.perf_counter() - t)
+    for k, fn in mm.items():
+      fn()
+      t = time.perf_counter()
+      fn()
+      if r >= 2:
+        times[f"matmul_{k}"].append(time.perf_counter() - t)
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  tokens = args.batch * args.seq
+  peak = {k: 2 * args.matmul ** 3 / med[f"matmul_{k}"] for k in mm}
+  ours = {"tokens_per_s": tokens / med["ours"], "step_s": med["ours"], **fns["ours"][1]}
+  ref = {"tokens_per_s": tokens / med["reference"], "step_s": med["reference"]} if args.reference else None
   mfu = ours["flops_per_token"] * ours["tokens_per_s"] / peak["jax"]
   rows = [("hb_jax (jit, AdamW)", ours["tokens_per_s"], ours["step_s"], mfu)]
   if ref:
