@@ -101,7 +101,8 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
   if result.completed:
     extra = {"finetuned_from": str(base_model_dir), "train_jsonl": str(train_jsonl), "steps": result.step,
              "direction": cfg.direction, "data": data_stats}
-    out = str(checkpoint.save_model_folder(output_dir, base_cfg, result.state.params,
+    params = jax.tree.map(lambda x: x.astype(base_cfg.param_dtype), result.state.params)
+    out = str(checkpoint.save_model_folder(output_dir, base_cfg, params,
                                            tokenizer_file=tokenizer_file, extra_json=extra, overwrite=True))
   return FinetuneResult(completed=result.completed, output_dir=out, step=result.step,
                         num_steps=result.num_steps, train_loss=result.last_metrics.get("loss"),
