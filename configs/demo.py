@@ -3,8 +3,11 @@ on CPU, then the whole method on it. What `python launch/run.py` and `make demo`
 
 Settings differ from the paper where a 1M-parameter model needs it: learning rates ~100x higher, no dropout,
 a fixed number of steps per model, a compact judging rubric (the paper's header alone would be ~300 tokens of
-this vocabulary), and A4 (k=4) as the curated set. The headline curation method is `digits`; `generate`
-(the paper's) and `likelihood` score the same candidates for the report (generate on a sample).
+this vocabulary). The headline curation method is `likelihood` with k=5 (A5: rating >= 4.5, i.e. the rater
+gives the answer's tokens a geometric-mean probability >= 0.875): a model this small judges the *segment*
+(boilerplate, chatter) when prompted but not whether the backtranslated instruction matches it, which the
+likelihood of the output given the instruction measures directly. `generate` (the paper's, on a sample) and
+`digits` score the same candidates for the report.
 """
 from ml_collections import config_dict
 
@@ -19,13 +22,13 @@ def get_config():
   c = config_dict.ConfigDict()
   c.name = "demo"
   c.progress = True
-  c.inputs = dict(kind="synthetic", world_seed=0, num_countries=30, seed_per_family=25, rating_demos=40,
+  c.inputs = dict(kind="synthetic", world_seed=0, num_countries=30, seed_per_family=12, rating_demos=40,
                   pool_size=900, good_fraction=0.35, heldout_per_family=40, pretrain_docs=3000)
   c.base = dict(preset="demo", vocab_size=1024, train=train_cfg(300, 3e-3, batch=32, seq_len=128))
-  c.backward = train_cfg(120, 2e-3, direction="backward")
-  c.train = train_cfg(150, 2e-3)
+  c.backward = train_cfg(100, 2e-3, direction="backward")
+  c.train = train_cfg(120, 2e-3)
   c.augment = dict(temperature=0.7, top_p=0.9, max_new_tokens=24, batch=64, chunk_records=256, seed=0)
-  c.curate = dict(method="digits", k=4.0, iterations=2, compare=("generate", "digits", "likelihood"),
+  c.curate = dict(method="likelihood", k=5.0, iterations=2, compare=("generate", "digits", "likelihood"),
                   generate_sample=128, temperature=0.7, top_p=0.9, max_new_tokens=16, batch=64,
                   chunk_records=256, header="compact", seed=0)
   c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)

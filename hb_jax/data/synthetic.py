@@ -275,16 +275,27 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
 
   held = [{"id": records.content_id("heldout", t.instruction), "family": t.family, "instruction": t.instruction,
            "key": t.key, "args": list(t.args)} for t in heldout]
-  return World(cfg, caps, seed, pool, truth, held, _pretrain_text(cfg, caps))
+  return World(cfg, caps, seed, pool, truth, held, _pretrain_text(cfg, caps, heldout_args))
 
 
-def _pretrain_text(cfg: WorldConfig, caps) -> list[str]:
+def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
   """Documents the base model reads: facts in prose, worked examples, and web chatter (no pool text)."""
   rng = random.Random(f"pretrain-{cfg.seed}")
   docs = []
   countries = sorted(caps)
   for i in range(cfg.pretrain_docs):
-    kind = i % 6
+    kind = i % 7
+    if kind == 6:
+      # FAQ pages: questions in the world's phrasings followed by their answers. They give the base model the
+      # copying skill (names and numbers from question to answer) that backtranslation needs; the chat format,
+      # the tags and answering on request still come only from finetuning.
+      tasks = []
+      while len(tasks) < 3:
+        t = _MAKERS[rng.choice(FAMILIES)](rng, caps)
+        if (t.family, t.args) not in exclude:  # held-out instances stay unseen as Q/A text
+          tasks.append(t)
+      docs.append(" ".join(f"Question: {t.instruction} Answer: {t.answer}" for t in tasks))
+      continue
     if kind == 0:
       cs = rng.sample(countries, 3)
       docs.append(" ".join(f"{c} is a country. The capital of {c} is {caps[c]}. {caps[c]} is a large city."
