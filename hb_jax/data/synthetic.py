@@ -286,15 +286,18 @@ def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
   for i in range(cfg.pretrain_docs):
     kind = i % 7
     if kind == 6:
-      # FAQ pages: questions in the world's phrasings followed by their answers. They give the base model the
-      # copying skill (names and numbers from question to answer) that backtranslation needs; the chat format,
-      # the tags and answering on request still come only from finetuning.
+      # FAQ and quiz pages: the world's questions beside their answers, in both orders. They give the base
+      # model the copying skill (names and numbers between question and answer) that backtranslation needs,
+      # as web pretraining gives LLaMA; the chat format, tags and answering on request come from finetuning.
       tasks = []
       while len(tasks) < 3:
         t = _MAKERS[rng.choice(FAMILIES)](rng, caps)
         if (t.family, t.args) not in exclude:  # held-out instances stay unseen as Q/A text
           tasks.append(t)
-      docs.append(" ".join(f"Question: {t.instruction} Answer: {t.answer}" for t in tasks))
+      if i % 2:
+        docs.append(" ".join(f"Question: {t.instruction} Answer: {t.answer}" for t in tasks))
+      else:  # quiz pages give the answer first: the order backtranslation reads
+        docs.append(" ".join(f"Answer: {t.answer} Question: {t.instruction}" for t in tasks))
       continue
     if kind == 0:
       cs = rng.sample(countries, 3)
