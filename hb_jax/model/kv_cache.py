@@ -54,3 +54,16 @@ def write_rows(buffer: Array, update: Array, index: Array) -> Array:
     start = (i,) + (0,) * (buf.ndim - 1)
     return jax.lax.dynamic_update_slice(buf, upd, start)
   return jax.vmap(one_row)(buffer, update, index)
+
+
+def write_layer_rows(buffer: Array, update: Array, layer: Array, index: Array) -> Array:
+  """buffer[layer, b, index[b]:index[b]+T] = update[b] for every row b, as one scatter.
+
+  buffer is the whole stacked cache [layers, B, S, ...]; writing into it (rather than into a per-layer
+  slice that is then restacked) lets XLA update the carried buffer in place. Rows past the last slot are
+  dropped (callers keep index + T <= slots).
+  """
+  b, t = update.shape[:2]
+  rows_bt = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
+  slots_bt = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+  return buffer.at[layer, rows_bt, slots_bt].set(update, mode="drop")

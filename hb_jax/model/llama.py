@@ -7,6 +7,9 @@ contraction reads as an einsum over named axes.
 
 The layers are stacked along a leading `layers` axis and applied with `jax.lax.scan`: compile time does not
 grow with depth (80 layers compile like 1), and the stacked layout is what FSDP shards and Orbax saves.
+The KV cache ([layers, batch, slots, ...]) rides in the scan's carry, not its xs/ys: each layer writes its
+new K/V rows into the one carried buffer in place. As xs/ys, XLA would rebuild (and copy) the whole cache
+on every call, which made a decode step several times slower than its matmuls.
 
 Attention masking is one rule for training, packing, left padding and the KV cache: a query sees a key
 iff they share a segment id and the key's position is not after the query's. Segment id 0 marks padding.
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hb_jax.config import ModelConfig
-from hb_jax.model.kv_cache import KVCache, write_rows
+from hb_jax.model.kv_cache import KVCache, write_layer_rows
 from hb_jax.parallel import constrain
 
 Array = jax.Array
@@ -123,7 +126,9 @@ class Attention(nnx.Module):
     self.o_proj = Projection((h, hd, d), ("heads", "head_dim", "embed"), pd, fan_in=h * hd, rngs=rngs)
 
   def __call__(self, x: Array, positions: Array, segment_ids: Array, inv_freq: Array,
-               layer_cache: tuple[Array, Array] | None, cache_meta: KVCache | None):
+               cache_kv: tuple[Array, Array] | None, layer: Array | None, cache_meta: KVCache | None):
+    """cache_kv: the whole stacked (k, v) cache [layers, B, S, kv_heads, head_dim] (or None); this layer
+    writes its rows at [layer, b, index[b]:index[b]+T] and attends over its own slice."""
     dt = x.dtype
     q = self.q_proj(x, "btd,dnh->btnh")
     k = self.k_proj(x, "btd,dkh->btkh")
@@ -131,17 +136,16 @@ class Attention(nnx.Module):
     q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
     k = apply_rope(k, positions, inv_freq)
 
-    if layer_cache is None:
+    if cache_kv is None:
       keys, values, kv_pos, kv_seg = k, v, positions, segment_ids
-      new_layer_cache = None
     else:
-      # Write this call's K/V at each row's own slot, then attend over the whole cache.
-      cache_k, cache_v = layer_cache
-      keys = write_rows(cache_k, k.astype(cache_k.dtype), cache_meta.index)
-      values = write_rows(cache_v, v.astype(cache_v.dtype), cache_meta.index)
+      cache_k, cache_v = cache_kv
+      cache_k = write_layer_rows(cache_k, k.astype(cache_k.dtype), layer, cache_meta.index)
+      cache_v = write_layer_rows(cache_v, v.astype(cache_v.dtype), layer, cache_meta.index)
+      cache_kv = (cache_k, cache_v)
+      keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dt)
+      values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dt)
       kv_pos, kv_seg = cache_meta.positions, cache_meta.segment_ids
-      new_layer_cache = (keys, values)
-      keys, values = keys.astype(dt), values.astype(dt)
 
     b, t, n, hd = q.shape
     groups = n // keys.shape[2]
@@ -153,7 +157,7 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, hd)
     y = self.o_proj(out, "btnh,nhd->btd")
-    return y, new_layer_cache
+    return y, cache_kv
 
 
 class MLP(nnx.Module):
@@ -184,13 +188,13 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, segment_ids, inv_freq, layer_cache, cache_meta, dropout_key):
+  def __call__(self, x, positions, segment_ids, inv_freq, cache_kv, layer, cache_meta, dropout_key):
     keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
-    attn, new_layer_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids, inv_freq,
-                                           layer_cache, cache_meta)
+    attn, cache_kv = self.self_attn(self.input_layernorm(x), positions, segment_ids, inv_freq, cache_kv,
+                                    layer, cache_meta)
     x = x + dropout(attn, self.dropout_rate, keys[0])
     x = x + dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout_rate, keys[1])
-    return constrain(x, ("batch", "length", "act_embed")), new_layer_cache
+    return constrain(x, ("batch", "length", "act_embed")), cache_kv
 
 
 def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
@@ -265,15 +269,17 @@ class Llama(nnx.Module):
 
     graphdef, layer_state = nnx.split(self.layers)
 
-    def body(x, xs):
-      state_l, cache_l, key_l = xs
-      layer = nnx.merge(graphdef, state_l)
-      return layer(x, positions, segment_ids, inv_freq, cache_l, cache_meta, key_l)
+    def body(carry, xs):
+      x, cache_kv = carry
+      state_l, layer, key_l = xs
+      block = nnx.merge(graphdef, state_l)
+      return block(x, positions, segment_ids, inv_freq, cache_kv, layer, cache_meta, key_l), None
 
     if cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    layer_caches = None if cache is None else (cache.k, cache.v)
-    x, new_layer_caches = jax.lax.scan(body, x, (layer_state, layer_caches, layer_keys))
+    cache_kv = None if cache is None else (cache.k, cache.v)
+    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys))
 
     h = self.norm(x)
     if return_hidden:
@@ -282,7 +288,7 @@ class Llama(nnx.Module):
       logits = self.project(h)
     new_cache = None
     if cache is not None:
-      new_cache = cache_meta.replace(k=new_layer_caches[0], v=new_layer_caches[1]).moved(t)
+      new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
     if return_hidden:
       return h, new_cache
     return logits, new_cache
