@@ -124,6 +124,29 @@ def test_cache_rows_advance_independently(model):
   np.testing.assert_allclose(step[1, 0], ref1[0, -1], rtol=1e-5, atol=1e-5)
 
 
+def test_decode_loop_updates_the_cache_in_place(model):
+  """A decode loop (as the sampler's while_loop) must not copy, transpose or rebuild the whole stacked
+  cache per step: with the cache as scan xs/ys it did, and a step cost several times its matmuls."""
+  b, slots = 2, 16
+  graphdef, params = nnx.split(model)
+  cache = KVCache.zeros(CFG.num_layers, b, slots, CFG.num_kv_heads, CFG.head_dim)
+
+  def decode(params, cache, tok_b):
+    def body(i, carry):
+      cache, tok_b = carry
+      logits, cache = nnx.merge(graphdef, params)(tok_b[:, None], cache.index[:, None],
+                                                  jnp.ones((b, 1), jnp.int32), cache=cache)
+      return cache, jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, 4, body, (cache, tok_b))
+
+  hlo = jax.jit(decode, donate_argnums=1).lower(params, cache, jnp.zeros((b,), jnp.int32)).compile().as_text()
+  shape = "f32[" + ",".join(map(str, cache.k.shape)) + "]"
+  producers = [line.split("=", 1)[1].strip() for line in hlo.splitlines() if f"= {shape}" in line]
+  assert producers, f"no instruction of the cache's shape {shape} in the compiled decode loop"
+  rebuilt = [p for p in producers if any(op in p.split("(")[0] for op in ("copy", "broadcast", "transpose"))]
+  assert not rebuilt, f"full-cache copies per step:\n" + "\n".join(rebuilt)
+
+
 def test_dropout_only_with_a_key_and_remat_keeps_gradients():
   cfg = dataclasses.replace(CFG, dropout_rate=0.1)
   m = Llama(cfg, rngs=nnx.Rngs(0))

@@ -16,8 +16,10 @@ Array = jax.Array
 
 @struct.dataclass
 class KVCache:
-  k: Array  # [layers, batch, slots, kv_heads, head_dim]
-  v: Array  # [layers, batch, slots, kv_heads, head_dim]
+  # Heads before slots: a layer's [batch, kv_heads, slots, head_dim] slice is exactly the operand layout
+  # of both attention contractions (batch dims b, k leading), so XLA reads it without a transpose copy.
+  k: Array  # [layers, batch, kv_heads, slots, head_dim]
+  v: Array  # [layers, batch, kv_heads, slots, head_dim]
   positions: Array  # int32 [batch, slots]: the RoPE position of the token in each slot
   segment_ids: Array  # int32 [batch, slots]: 0 for empty slots
   index: Array  # int32 [batch]: next slot each row writes to
@@ -25,7 +27,7 @@ class KVCache:
   @classmethod
   def zeros(cls, num_layers: int, batch: int, slots: int, num_kv_heads: int, head_dim: int,
             dtype=jnp.float32) -> "KVCache":
-    shape = (num_layers, batch, slots, num_kv_heads, head_dim)
+    shape = (num_layers, batch, num_kv_heads, slots, head_dim)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                positions=jnp.zeros((batch, slots), jnp.int32),
                segment_ids=jnp.zeros((batch, slots), jnp.int32),
@@ -33,7 +35,7 @@ class KVCache:
 
   @property
   def slots(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
   def advance(self, positions: Array, segment_ids: Array) -> "KVCache":
     """Records the positions/segments of T new tokens at each row's index (K/V are written per layer).
@@ -57,13 +59,14 @@ def write_rows(buffer: Array, update: Array, index: Array) -> Array:
 
 
 def write_layer_rows(buffer: Array, update: Array, layer: Array, index: Array) -> Array:
-  """buffer[layer, b, index[b]:index[b]+T] = update[b] for every row b, as one scatter.
+  """buffer[layer, b, :, index[b]:index[b]+T] = update[b] (moved to [K, T, H]) for every row b, as one scatter.
 
-  buffer is the whole stacked cache [layers, B, S, ...]; writing into it (rather than into a per-layer
+  buffer is the whole stacked cache [layers, B, K, S, H], update [B, T, K, H]; writing into it (rather than into a per-layer
   slice that is then restacked) lets XLA update the carried buffer in place. Rows past the last slot are
   dropped (callers keep index + T <= slots).
   """
   b, t = update.shape[:2]
   rows_bt = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
   slots_bt = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-  return buffer.at[layer, rows_bt, slots_bt].set(update, mode="drop")
+  # Advanced indices split by a slice index the result as [B, T, K, H], the update's own layout.
+  return buffer.at[layer, rows_bt, :, slots_bt].set(update, mode="drop")

@@ -127,8 +127,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x: Array, positions: Array, segment_ids: Array, inv_freq: Array,
                cache_kv: tuple[Array, Array] | None, layer: Array | None, cache_meta: KVCache | None):
-    """cache_kv: the whole stacked (k, v) cache [layers, B, S, kv_heads, head_dim] (or None); this layer
-    writes its rows at [layer, b, index[b]:index[b]+T] and attends over its own slice."""
+    """cache_kv: the whole stacked (k, v) cache [layers, B, kv_heads, S, head_dim] (or None); this layer
+    writes its rows at [layer, b, :, index[b]:index[b]+T] and attends over its own slice."""
     dt = x.dtype
     q = self.q_proj(x, "btd,dnh->btnh")
     k = self.k_proj(x, "btd,dkh->btkh")
@@ -137,7 +137,9 @@ class Attention(nnx.Module):
     k = apply_rope(k, positions, inv_freq)
 
     if cache_kv is None:
-      keys, values, kv_pos, kv_seg = k, v, positions, segment_ids
+      # Keys/values as [B, kv_heads, S, head_dim], the cache's layout, so one einsum serves both paths.
+      keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+      kv_pos, kv_seg = positions, segment_ids
     else:
       cache_k, cache_v = cache_kv
       cache_k = write_layer_rows(cache_k, k.astype(cache_k.dtype), layer, cache_meta.index)
@@ -148,14 +150,14 @@ class Attention(nnx.Module):
       kv_pos, kv_seg = cache_meta.positions, cache_meta.segment_ids
 
     b, t, n, hd = q.shape
-    groups = n // keys.shape[2]
-    q = q.reshape(b, t, keys.shape[2], groups, hd)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys, preferred_element_type=jnp.float32)
+    groups = n // keys.shape[1]
+    q = q.reshape(b, t, keys.shape[1], groups, hd)
+    scores = jnp.einsum("btkgh,bksh->bkgts", q, keys, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(hd)
     mask = attention_mask(positions, segment_ids, kv_pos, kv_seg)[:, None, None]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, hd)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, values).reshape(b, t, n, hd)
     y = self.o_proj(out, "btnh,nhd->btd")
     return y, cache_kv
 

@@ -91,7 +91,7 @@ class Completion:
 
 def _constrain_state(st: DecodeState) -> DecodeState:
   c = st.cache
-  kv_axes = ("layers", "batch", None, "kv_heads", "head_dim")
+  kv_axes = ("layers", "batch", "kv_heads", None, "head_dim")
   cache = c.replace(k=constrain(c.k, kv_axes, SERVE_RULES), v=constrain(c.v, kv_axes, SERVE_RULES),
                     positions=constrain(c.positions, ("batch", None), SERVE_RULES),
                     segment_ids=constrain(c.segment_ids, ("batch", None), SERVE_RULES),
@@ -178,7 +178,7 @@ class Sampler:
       p = prefix.slots
       bcast = lambda a: jnp.broadcast_to(a, a.shape[:1] + (r,) + a.shape[2:])
       cache = cache.replace(
-          k=cache.k.at[:, :, :p].set(bcast(prefix.k)), v=cache.v.at[:, :, :p].set(bcast(prefix.v)),
+          k=cache.k.at[:, :, :, :p].set(bcast(prefix.k)), v=cache.v.at[:, :, :, :p].set(bcast(prefix.v)),
           positions=cache.positions.at[:, :p].set(jnp.broadcast_to(prefix.positions, (r, p))),
           segment_ids=cache.segment_ids.at[:, :p].set(jnp.broadcast_to(prefix.segment_ids, (r, p))),
           index=jnp.full((r,), p, jnp.int32))
