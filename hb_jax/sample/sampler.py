@@ -142,6 +142,7 @@ class Sampler:
     self._prefix = jax.jit(self._prefix_impl)
     self._refill = jax.jit(self._refill_impl, static_argnames=("spec",), donate_argnames=("state",))
     self._decode = jax.jit(self._decode_impl, static_argnames=("spec",), donate_argnames=("state",))
+    self._compact = jax.jit(self._compact_impl)
 
   # ----------------------------------------------------------------------------------------- jitted parts
   def _zeros_cache(self, batch: int, slots: int) -> KVCache:
@@ -204,6 +205,18 @@ class Sampler:
         keys=put(state.keys, keys_r2), out_tokens=put(state.out_tokens, out_rm),
         out_logprobs=put(state.out_logprobs, lp_rm))
     return _constrain_state(new)
+
+  def _compact_impl(self, state: DecodeState, rows_c, keep_c) -> DecodeState:
+    """The rows `rows_c` of state as a smaller batch C; rows with keep_c False become empty (done).
+    A row's sample depends only on its own key and step count, so moving it changes nothing."""
+    self.compilations["compact"] += 1
+    c = state.cache
+    take = lambda a: a[rows_c]
+    cache = c.replace(k=c.k[:, rows_c], v=c.v[:, rows_c], positions=take(c.positions),
+                      segment_ids=take(c.segment_ids), index=take(c.index))
+    rows = {f: take(getattr(state, f)) for f in ("tokens", "positions", "num_generated", "finish", "keys",
+                                                   "out_tokens", "out_logprobs")}
+    return _constrain_state(state.replace(cache=cache, done=take(state.done) | ~keep_c, **rows))
 
   def _decode_impl(self, params, state: DecodeState, rule: StopRule, release_b, free_target, *,
                    spec: DecodeSpec):
@@ -373,7 +386,8 @@ class Sampler:
         done, num_gen, finish = jax.device_get((state.done, state.num_generated, state.finish))
         running = (row_req >= 0) & ~done
         if running.any() and not (done & (row_req >= 0)).any():
-          target = min(refill_floor, len(queue)) if queue else batch + 1
+          # Queue empty: stop once the live rows fit half the batch, so the tail runs on a smaller one.
+          target = min(refill_floor, len(queue)) if queue else max(1, int(running.sum()) - batch // 2)
           state, steps = self._decode(self.params, state, rule, jnp.asarray(release), jnp.int32(target), spec=spec)
           release[:] = False
           steps = int(steps)
@@ -400,6 +414,16 @@ class Sampler:
             yield int(row_req[b]), comp
             row_req[b] = -1
         state = refill(state)
+        if not queue and batch > 1:
+          # The tail: once the queue is dry and at most half the rows live, move them into the smallest
+          # batch bucket that holds them (one gather) instead of decoding mostly empty rows to the end.
+          live = np.nonzero(row_req >= 0)[0]
+          small = plan.bucket_batch(len(live), batch)
+          if len(live) and small <= batch // 2:
+            sel = np.concatenate([live, np.nonzero(row_req < 0)[0][:small - len(live)]])
+            keep = np.arange(small) < len(live)
+            state = self._compact(state, jnp.asarray(sel, jnp.int32), jnp.asarray(keep))
+            row_req, release, batch = np.where(keep, row_req[sel], -1), release[sel] & keep, small
 
   def _completion(self, toks, lps, code, stops, stop_strings) -> Completion | None:
     toks, lps = np.asarray(toks, np.int32), np.asarray(lps, np.float32)
