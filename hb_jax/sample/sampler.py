@@ -8,6 +8,8 @@ key position <= query position). Real tokens have segment id 1, empty slots 0.
 The host drives a short loop per length bucket ("continuous batching"):
   fill all rows (one prefill) -> decode until `min_refill` rows finish (or `chunk_steps`) -> hand out the
   finished rows -> prefill queued prompts straight into the freed rows -> decode again ...
+and once the queue is empty, whenever at most half the rows are live they are gathered into the next
+smaller batch bucket, so the tail of long outputs does not decode mostly empty rows.
 Each jitted function is a pure function of (params, arrays); the model graph is merged once per trace, so
 no Python object traversal runs per decode step. A row's token at step t is drawn with
 fold_in(row key, t), so its sample never depends on its batch-mates, refills, or chunk boundaries.
