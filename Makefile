@@ -12,7 +12,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) -e '.[test,convert]'
+	$(PIP) -e '.[test,convert,beam]'
 	touch $@
 
 install: $(VENV)/.base

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -21,10 +22,16 @@ DATASETS = ("data/seed.jsonl", "data/segments.jsonl", "augment/candidates.jsonl"
             "curate/iter2/train.jsonl")
 
 
+# Every launch compiles the same handful of programs (train step, prefill, decode, scoring); a persistent
+# compilation cache shared by the subprocesses makes each program compile once per test session.
+_XLA_CACHE = tempfile.mkdtemp(prefix="hb_jax_e2e_xla_")
+
+
 def _env(devices: int) -> dict:
   env = dict(os.environ)
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return env
 
 
