@@ -43,7 +43,8 @@ def dedup_bytes_per_segment(n: int = 20_000) -> float:
 def main(argv: list[str]) -> dict:
   from hb_jax.data import corpus, synthetic_web
   parser = argparse.ArgumentParser(prog="bench/run.py corpus")
-  parser.add_argument("--pages", type=int, default=1200, help="pages in the synthetic corpus")
+  parser.add_argument("--pages", type=int, default=6000, help="pages in the synthetic corpus (enough that "
+                      "worker start-up, ~2 s, does not dominate the projection)")
   parser.add_argument("--workers", type=int, default=None, help="default: every core")
   parser.add_argument("--keep", action="store_true", help="keep the corpus folder")
   args = parser.parse_args(argv)
