@@ -388,9 +388,13 @@ def evaluate(ctx: Context) -> dict[str, str]:
     from hb_jax.config import SampleConfig
     scfg = SampleConfig(temperature=0.0, max_new_tokens=e.max_new_tokens, max_batch=e.batch)
 
-    def fn(chunk, lm=lm, tok=tok):
-      ids = [tok.encode(prompts.forward_prompt(h["instruction"], prompts.tag_for(None, tag_mode, ctx.style),
-                                               ctx.style), bos=True) for h in chunk]
+    # "both" tags is the paper's inference setting for models trained on seed + augmented data; the
+    # seed-only model never saw the web-search tag, so it is asked in the one format it was trained on.
+    model_tag_mode = "seed" if (key == "seed_only" and tag_mode == "both") else tag_mode
+
+    def fn(chunk, lm=lm, tok=tok, model_tag_mode=model_tag_mode):
+      tag = prompts.tag_for(None, model_tag_mode, ctx.style)
+      ids = [tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True) for h in chunk]
       gens = lm.generate(ids, e.max_new_tokens, temperature=0.0, config=scfg)
       return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": name}
               for h, g in zip(chunk, gens)]
