@@ -9,7 +9,6 @@ Orbax user can restore them without hb_jax; `restore_params` reshards onto whate
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 import jax
@@ -163,9 +162,6 @@ def remove_tree(path) -> None:
   path = epath.Path(path)
   if path.exists():
     if path.is_dir():
-      try:
-        path.rmtree()
-      except AttributeError:
-        shutil.rmtree(str(path))
+      path.rmtree()
     else:
       path.unlink()

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -177,15 +177,3 @@ def initialize_distributed(config: DistributedConfig = DistributedConfig(), *, f
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return jax.process_count() > 1
-
-
-def describe_mesh(mesh: Mesh) -> str:
-  return "mesh(" + ", ".join(f"{k}={v}" for k, v in mesh.shape.items()) + ")"
-
-
-def iter_params(state: Any) -> Iterable[tuple[str, Any]]:
-  """(dotted path, Variable) pairs of an nnx.State, in a stable order."""
-  from flax import nnx
-
-  for path, var in nnx.to_flat_state(state):
-    yield ".".join(str(p) for p in path), var

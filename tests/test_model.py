@@ -144,7 +144,7 @@ def test_decode_loop_updates_the_cache_in_place(model):
   producers = [line.split("=", 1)[1].strip() for line in hlo.splitlines() if f"= {shape}" in line]
   assert producers, f"no instruction of the cache's shape {shape} in the compiled decode loop"
   rebuilt = [p for p in producers if any(op in p.split("(")[0] for op in ("copy", "broadcast", "transpose"))]
-  assert not rebuilt, f"full-cache copies per step:\n" + "\n".join(rebuilt)
+  assert not rebuilt, "full-cache copies per step:\n" + "\n".join(rebuilt)
 
 
 def test_dropout_only_with_a_key_and_remat_keeps_gradients():

@@ -16,9 +16,7 @@ iff they share a segment id and the key's position is not after the query's. Seg
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -284,16 +282,10 @@ class Llama(nnx.Module):
     (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys))
 
     h = self.norm(x)
-    if return_hidden:
-      logits = None
-    else:
-      logits = self.project(h)
     new_cache = None
     if cache is not None:
       new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
-    if return_hidden:
-      return h, new_cache
-    return logits, new_cache
+    return (h if return_hidden else self.project(h)), new_cache
 
   def project(self, h: Array) -> Array:
     """Final hidden states [B, T, d] -> float32 logits [B, T, V]."""
@@ -304,7 +296,3 @@ class Llama(nnx.Module):
     logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "length", "act_vocab"))
 
-
-def logical_axes(var: nnx.Variable) -> tuple[Any, ...]:
-  """The logical axis names a parameter was created with."""
-  return tuple(var.get_metadata().get("logical_axes", (None,) * var[...].ndim))
