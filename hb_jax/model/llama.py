@@ -13,6 +13,15 @@ on every call, which made a decode step several times slower than its matmuls.
 
 Attention masking is one rule for training, packing, left padding and the KV cache: a query sees a key
 iff they share a segment id and the key's position is not after the query's. Segment id 0 marks padding.
+
+A shared prefix (one prompt head that every row starts with, e.g. the curation rubric) can be passed as a
+batch-1 KV cache: each row attends to it and to its own keys under one softmax, split in two parts,
+
+    softmax([s_pre, s_own]) . [V_pre; V_own] = (e_pre V_pre + e_own V_own) / (sum e_pre + sum e_own),
+    e = exp(s - max(s_pre, s_own)),
+
+so the prefix is neither recomputed nor copied per row, and its scores are one matmul against all rows'
+queries at once instead of a matrix-vector product per row.
 """
 from __future__ import annotations
 
@@ -124,9 +133,11 @@ class Attention(nnx.Module):
     self.o_proj = Projection((h, hd, d), ("heads", "head_dim", "embed"), pd, fan_in=h * hd, rngs=rngs)
 
   def __call__(self, x: Array, positions: Array, segment_ids: Array, inv_freq: Array,
-               cache_kv: tuple[Array, Array] | None, layer: Array | None, cache_meta: KVCache | None):
+               cache_kv: tuple[Array, Array] | None, layer: Array | None, cache_meta: KVCache | None,
+               prefix_kv: tuple[Array, Array] | None = None, prefix_meta: KVCache | None = None):
     """cache_kv: the whole stacked (k, v) cache [layers, B, kv_heads, S, head_dim] (or None); this layer
-    writes its rows at [layer, b, :, index[b]:index[b]+T] and attends over its own slice."""
+    writes its rows at [layer, b, :, index[b]:index[b]+T] and attends over its own slice.
+    prefix_kv: this layer's shared-prefix (k, v) [kv_heads, P, head_dim], attended by every row."""
     dt = x.dtype
     q = self.q_proj(x, "btd,dnh->btnh")
     k = self.k_proj(x, "btd,dkh->btkh")
@@ -149,14 +160,28 @@ class Attention(nnx.Module):
 
     b, t, n, hd = q.shape
     groups = n // keys.shape[1]
-    q = q.reshape(b, t, keys.shape[1], groups, hd)
+    q = q.reshape(b, t, keys.shape[1], groups, hd) / jnp.asarray(math.sqrt(hd), dt)
+    neg = jnp.finfo(jnp.float32).min
     scores = jnp.einsum("btkgh,bksh->bkgts", q, keys, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(hd)
     mask = attention_mask(positions, segment_ids, kv_pos, kv_seg)[:, None, None]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bksh->btkgh", probs, values).reshape(b, t, n, hd)
-    y = self.o_proj(out, "btnh,nhd->btd")
+    scores = jnp.where(mask, scores, neg)
+    if prefix_kv is None:
+      probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+      out = jnp.einsum("bkgts,bksh->btkgh", probs, values)
+    else:
+      pre_k, pre_v = (a.astype(dt) for a in prefix_kv)
+      pre_scores = jnp.einsum("btkgh,ksh->bkgts", q, pre_k, preferred_element_type=jnp.float32)
+      pre_pos = jnp.broadcast_to(prefix_meta.positions, (b, prefix_meta.slots))
+      pre_seg = jnp.broadcast_to(prefix_meta.segment_ids, (b, prefix_meta.slots))
+      pre_mask = attention_mask(positions, segment_ids, pre_pos, pre_seg)[:, None, None]
+      pre_scores = jnp.where(pre_mask, pre_scores, neg)
+      top = jax.lax.stop_gradient(jnp.maximum(pre_scores.max(-1, keepdims=True), scores.max(-1, keepdims=True)))
+      e_own, e_pre = jnp.exp(scores - top), jnp.exp(pre_scores - top)
+      denom = e_own.sum(-1) + e_pre.sum(-1)  # [b, k, g, t]
+      out = (jnp.einsum("bkgts,bksh->btkgh", e_own.astype(dt), values, preferred_element_type=jnp.float32)
+             + jnp.einsum("bkgts,ksh->btkgh", e_pre.astype(dt), pre_v, preferred_element_type=jnp.float32))
+      out = (out / denom.transpose(0, 3, 1, 2)[..., None]).astype(dt)
+    y = self.o_proj(out.reshape(b, t, n, hd), "btnh,nhd->btd")
     return y, cache_kv
 
 
@@ -188,10 +213,11 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, segment_ids, inv_freq, cache_kv, layer, cache_meta, dropout_key):
+  def __call__(self, x, positions, segment_ids, inv_freq, cache_kv, layer, cache_meta, dropout_key,
+               prefix_kv=None, prefix_meta=None):
     keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
     attn, cache_kv = self.self_attn(self.input_layernorm(x), positions, segment_ids, inv_freq, cache_kv,
-                                    layer, cache_meta)
+                                    layer, cache_meta, prefix_kv, prefix_meta)
     x = x + dropout(attn, self.dropout_rate, keys[0])
     x = x + dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout_rate, keys[1])
     return constrain(x, ("batch", "length", "act_embed")), cache_kv
@@ -243,12 +269,13 @@ class Llama(nnx.Module):
                                 fan_in=cfg.hidden_size, rngs=rngs)
 
   def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
-               *, cache: KVCache | None = None, dropout_key: Array | None = None,
-               return_hidden: bool = False) -> tuple[Array, KVCache | None]:
+               *, cache: KVCache | None = None, prefix: KVCache | None = None,
+               dropout_key: Array | None = None, return_hidden: bool = False) -> tuple[Array, KVCache | None]:
     """tokens, positions, segment_ids: int32[B, T]. Returns (float32 logits [B, T, V], updated cache).
 
     Defaults: positions 0..T-1, one segment per row. With a cache, this call's tokens are written at
-    `cache.index` (per row) and attend to everything already in the cache.
+    `cache.index` (per row) and attend to everything already in the cache. With a prefix (a batch-1
+    cache of a shared prompt head), every row also attends to it; the rows' positions continue after it.
     """
     cfg = self.cfg
     b, t = tokens.shape
@@ -271,15 +298,18 @@ class Llama(nnx.Module):
 
     def body(carry, xs):
       x, cache_kv = carry
-      state_l, layer, key_l = xs
+      state_l, layer, key_l, prefix_l = xs
       block = nnx.merge(graphdef, state_l)
-      return block(x, positions, segment_ids, inv_freq, cache_kv, layer, cache_meta, key_l), None
+      return block(x, positions, segment_ids, inv_freq, cache_kv, layer, cache_meta, key_l, prefix_l,
+                   prefix), None
 
     if cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
     cache_kv = None if cache is None else (cache.k, cache.v)
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-    (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys))
+    # The prefix is read-only, so its per-layer slices ([kv_heads, P, head_dim], batch 1 dropped) ride in xs.
+    prefix_kv = None if prefix is None else (prefix.k[:, 0], prefix.v[:, 0])
+    (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys, prefix_kv))
 
     h = self.norm(x)
     new_cache = None

@@ -57,10 +57,7 @@ def score_generate(lm, candidates: Sequence[dict], *, style, tag: str, temperatu
   tok = lm.tokenizer
   ids = [tok.encode(rater_prompt(c["instruction"], c["output"], style, tag), bos=True) for c in candidates]
   seeds = [plan.seed_from_id(c["id"], seed) for c in candidates]
-  # Shared-prefix reuse is off here: with some prompt/bucket lengths the sampler's prefix path fails to
-  # broadcast its cache (reported to the sampling engineer); every prompt is prefilled whole instead.
-  cfg = SampleConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, max_batch=batch,
-                     prefix_min_tokens=1 << 30)
+  cfg = SampleConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, max_batch=batch)
   outs = lm.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seeds, config=cfg)
   res = []
   for c, o in zip(candidates, outs):

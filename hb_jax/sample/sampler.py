@@ -1,9 +1,12 @@
 """Batched generation with a KV cache: prefill in one pass, decode in one jitted `lax.while_loop`.
 
-Layout of one row's cache (slots):  [shared prefix | prompt, left-padded to its bucket | new tokens].
-Every row has its own write index and its own positions, so left padding, a shared prefix copied into each
-row, and rows refilled with a new prompt mid-run all follow the model's one masking rule (same segment id,
-key position <= query position). Real tokens have segment id 1, empty slots 0.
+Layout of one row's cache (slots):  [prompt, left-padded to its bucket | new tokens].
+A prompt head that every prompt shares (the curation rubric) is prefilled once into a separate batch-1 cache
+that every row attends to (hb_jax.sample.prefix; the model combines the two under one softmax), so it is
+neither recomputed nor copied per row. Every row has its own write index and its own positions (they
+continue after the prefix), so left padding, the prefix, and rows refilled with a new prompt mid-run all
+follow the model's one masking rule (same segment id, key position <= query position). Real tokens have
+segment id 1, empty slots 0.
 
 The host drives a short loop per length bucket ("continuous batching"):
   fill all rows (one prefill) -> decode until `min_refill` rows finish (or `chunk_steps`) -> hand out the
@@ -31,6 +34,7 @@ from hb_jax.model.kv_cache import KVCache
 from hb_jax.model.llama import Llama, compute_dtype
 from hb_jax.parallel import SERVE_RULES, Rules, constrain, param_shardings, single_device_mesh
 from hb_jax.sample import plan
+from hb_jax.sample import prefix as prefix_kv
 from hb_jax.sample.sampling import Sampling, row_keys_from_seeds, select_tokens
 
 Array = jax.Array
@@ -163,29 +167,19 @@ class Sampler:
   def _prefix_impl(self, params, tokens_1p, positions_1p, segments_1p) -> KVCache:
     """KV of the shared prefix, computed once (batch 1)."""
     self.compilations["prefix"] += 1
-    model = nnx.merge(self.graphdef, params)
-    cache = self._zeros_cache(1, tokens_1p.shape[1])
-    _, cache = model(tokens_1p, positions_1p, segments_1p, cache=cache, return_hidden=True)
-    return cache
+    return prefix_kv.prefill(nnx.merge(self.graphdef, params), tokens_1p, positions_1p, segments_1p,
+                             self.cache_dtype)
 
   def _refill_impl(self, params, state: DecodeState, rule: StopRule, prefix: KVCache | None, tokens_rt,
                    positions_rt, segments_rt, seeds_r2, rows_r, *, spec: DecodeSpec) -> DecodeState:
     """Prefills R prompts into rows `rows_r` of `state` (row index B = padding, dropped) and samples each
-    row's first token. The prefix KV, if any, is broadcast into every row's first slots."""
+    row's first token. The rows attend to the shared prefix KV, if any."""
     self.compilations["refill"] += 1
     model = nnx.merge(self.graphdef, params)
     r = tokens_rt.shape[0]
     batch, slots = state.cache.positions.shape
-    cache = self._zeros_cache(r, slots)
-    if prefix is not None:
-      p = prefix.slots
-      bcast = lambda a: jnp.broadcast_to(a, a.shape[:1] + (r,) + a.shape[2:])
-      cache = cache.replace(
-          k=cache.k.at[:, :, :, :p].set(bcast(prefix.k)), v=cache.v.at[:, :, :, :p].set(bcast(prefix.v)),
-          positions=cache.positions.at[:, :p].set(jnp.broadcast_to(prefix.positions, (r, p))),
-          segment_ids=cache.segment_ids.at[:, :p].set(jnp.broadcast_to(prefix.segment_ids, (r, p))),
-          index=jnp.full((r,), p, jnp.int32))
-    h_rtd, cache = model(tokens_rt, positions_rt, segments_rt, cache=cache, return_hidden=True)
+    h_rtd, cache = model(tokens_rt, positions_rt, segments_rt, cache=self._zeros_cache(r, slots), prefix=prefix,
+                         return_hidden=True)
     logits_rv = model.project(h_rtd[:, -1:])[:, 0]  # left padding: every row's last token is at T-1
     keys_r2 = row_keys_from_seeds(seeds_r2)
     tok_r, lp_r = select_tokens(logits_rv, keys_r2, jnp.zeros((r,), jnp.int32), spec.sampling)
@@ -220,8 +214,8 @@ class Sampler:
                                                    "out_tokens", "out_logprobs")}
     return _constrain_state(state.replace(cache=cache, done=take(state.done) | ~keep_c, **rows))
 
-  def _decode_impl(self, params, state: DecodeState, rule: StopRule, release_b, free_target, *,
-                   spec: DecodeSpec):
+  def _decode_impl(self, params, state: DecodeState, rule: StopRule, prefix: KVCache | None, release_b,
+                   free_target, *, spec: DecodeSpec):
     """Decodes until every row is done, `free_target` more rows are done, or spec.chunk_steps steps.
     Returns (state, steps)."""
     self.compilations["decode"] += 1
@@ -242,7 +236,7 @@ class Sampler:
       active_b = ~st.done
       # Finished/empty rows still flow through the matmuls but write segment 0 and keep their index.
       logits_b1v, cache = model(st.tokens[:, None], st.positions[:, None], active_b.astype(jnp.int32)[:, None],
-                                cache=st.cache)
+                                cache=st.cache, prefix=prefix)
       cache = cache.replace(index=jnp.where(active_b, cache.index, st.cache.index))
       tok_b, lp_b = select_tokens(logits_b1v[:, 0], st.keys, st.num_generated, spec.sampling)
       slot_b = jnp.where(active_b, st.num_generated, max_new)  # out of range: dropped
@@ -260,17 +254,11 @@ class Sampler:
 
   # ------------------------------------------------------------------------------------------- host side
   def prefill_prefix(self, prefix: Sequence[int]) -> KVCache:
-    """KV cache [layers, 1, bucket] of a shared prefix (segment 1, positions 0..len-1)."""
-    n = len(prefix)
-    slots = plan.bucket_length(n, self.config.length_buckets, "shared prefix")
-    tokens = np.zeros((1, slots), np.int32)
-    tokens[0, :n] = prefix
-    positions = np.zeros((1, slots), np.int32)
-    positions[0, :n] = np.arange(n)
-    segments = np.zeros((1, slots), np.int32)
-    segments[0, :n] = 1
+    """KV cache [layers, 1, kv_heads, padded length, head_dim] of a shared prefix (segment 1, positions
+    0..len-1)."""
+    arrays = prefix_kv.padded_prefix(prefix)
     with jax.set_mesh(self.mesh):
-      return self._prefix(self.params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))
+      return self._prefix(self.params, *map(jnp.asarray, arrays))
 
   def _check_prompts(self, prompts) -> list[np.ndarray]:
     out = []
@@ -325,15 +313,13 @@ class Sampler:
       if p_len and (plan.common_prefix_length(prompts) < p_len or min(map(len, prompts)) <= p_len):
         raise ValueError(f"prefix={p_len}: every prompt must start with the same {p_len} tokens and have "
                          "at least one more")
-    prefix_cache, p_slots = None, 0
+    prefix_cache = None
     if p_len:
       prefix_cache = self.prefill_prefix(prompts[0][:p_len])
-      p_slots = prefix_cache.slots
       self.stats["prefix_tokens"] += p_len
     suffixes = [p[p_len:] for p in prompts]
     for group in plan.group_by_length([len(s) for s in suffixes], cfg.length_buckets):
-      yield from self._run_group(group, suffixes, seeds, spec, rule, stops, prefix_cache, p_len, p_slots,
-                                 stop_strings)
+      yield from self._run_group(group, suffixes, seeds, spec, rule, stops, prefix_cache, p_len, stop_strings)
 
   def generate(self, prompts, **kwargs) -> list[Completion]:
     """Completions in prompt order (see `stream` for the arguments)."""
@@ -343,11 +329,11 @@ class Sampler:
     return out
 
   def _run_group(self, group: plan.Group, suffixes, seeds, spec: DecodeSpec, rule: StopRule, stops,
-                 prefix_cache, p_len, p_slots, stop_strings) -> Iterator[tuple[int, Completion]]:
+                 prefix_cache, p_len, stop_strings) -> Iterator[tuple[int, Completion]]:
     cfg = self.config
     t_len = group.length
     batch = plan.bucket_batch(len(group.indices), cfg.max_batch)
-    slots = p_slots + t_len + spec.max_new_tokens
+    slots = t_len + spec.max_new_tokens
     refill_floor = min(cfg.refill_min, batch)
     queue = collections.deque(group.indices)
     row_req = np.full(batch, -1)
@@ -390,7 +376,8 @@ class Sampler:
         if running.any() and not (done & (row_req >= 0)).any():
           # Queue empty: stop once the live rows fit half the batch, so the tail runs on a smaller one.
           target = min(refill_floor, len(queue)) if queue else max(1, int(running.sum()) - batch // 2)
-          state, steps = self._decode(self.params, state, rule, jnp.asarray(release), jnp.int32(target), spec=spec)
+          state, steps = self._decode(self.params, state, rule, prefix_cache, jnp.asarray(release), jnp.int32(target),
+                                      spec=spec)
           release[:] = False
           steps = int(steps)
           self.stats["decode_steps"] += steps

@@ -7,6 +7,9 @@ rating digits "1".."5" after "Score:"), which curation turns into an expected ra
 Sequences are right-padded with segment id 0 (never attended, never scored), grouped by length bucket and
 batched in powers of two, so a corpus compiles a handful of programs. The vocabulary projection runs
 `score_block` positions at a time, so a [batch, length, vocab] logits tensor never exists at once.
+A prefix every context shares (the curation rubric: ~450 of a rating prompt's ~600 tokens) is run once; each
+batch starts from its KV (hb_jax.sample.prefix), so only the rows' own tokens are computed, and they fall
+in a shorter length bucket, which also cuts the quadratic attention term.
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from hb_jax.config import SampleConfig
-from hb_jax.model.llama import Llama
+from hb_jax.model.kv_cache import KVCache
+from hb_jax.model.llama import Llama, compute_dtype
 from hb_jax.parallel import SERVE_RULES, Rules, constrain, param_shardings, single_device_mesh
 from hb_jax.sample import plan
+from hb_jax.sample import prefix as prefix_kv
 
 
 class Scorer:
@@ -38,21 +43,30 @@ class Scorer:
       with jax.set_mesh(self.mesh):
         params = jax.device_put(state, param_shardings(state, rules, self.mesh))
     self.params = params
+    self.cache_dtype = compute_dtype(self.cfg)
     self.compilations: collections.Counter = collections.Counter()
+    self.stats: collections.Counter = collections.Counter()
     self._ll = jax.jit(self._ll_impl)
     self._next = jax.jit(self._next_impl)
+    self._prefix = jax.jit(self._prefix_impl)
 
   # ----------------------------------------------------------------------------------------- jitted parts
-  def _hidden(self, model, tokens_bt, segments_bt):
+  def _prefix_impl(self, params, tokens_1p, positions_1p, segments_1p) -> KVCache:
+    self.compilations["prefix"] += 1
+    return prefix_kv.prefill(nnx.merge(self.graphdef, params), tokens_1p, positions_1p, segments_1p,
+                             self.cache_dtype)
+
+  def _hidden(self, model, prefix: KVCache | None, tokens_bt, positions_bt, segments_bt):
+    """Final hidden states of the rows' tokens; with a prefix they attend to its KV as well."""
     tokens_bt = constrain(tokens_bt, ("batch", None), SERVE_RULES)
-    h_btd, _ = model(tokens_bt, None, segments_bt, return_hidden=True)
+    h_btd, _ = model(tokens_bt, positions_bt, segments_bt, prefix=prefix, return_hidden=True)
     return h_btd
 
-  def _ll_impl(self, params, tokens_bt, segments_bt, targets_bt, weights_bt):
-    """sum_t weights[b, t] * log p(targets[b, t] | tokens[b, :t+1]) -> float32 [B]."""
+  def _ll_impl(self, params, prefix, tokens_bt, positions_bt, segments_bt, targets_bt, weights_bt):
+    """sum_t weights[b, t] * log p(targets[b, t] | prefix + tokens[b, :t+1]) -> float32 [B]."""
     self.compilations["loglikelihood"] += 1
     model = nnx.merge(self.graphdef, params)
-    h_btd = self._hidden(model, tokens_bt, segments_bt)
+    h_btd = self._hidden(model, prefix, tokens_bt, positions_bt, segments_bt)
     b, t, d = h_btd.shape
     block = min(self.config.score_block, t)
     if t % block:
@@ -70,11 +84,11 @@ class Scorer:
     per_block_nb = jax.lax.map(one_block, (to_blocks(h_btd), to_blocks(targets_bt), to_blocks(weights_bt)))
     return jnp.sum(per_block_nb, axis=0)
 
-  def _next_impl(self, params, tokens_bt, segments_bt, last_b, candidates_c):
-    """log p(candidate | tokens[b, :last[b]+1]) -> float32 [B, C] (full-vocabulary softmax)."""
+  def _next_impl(self, params, prefix, tokens_bt, positions_bt, segments_bt, last_b, candidates_c):
+    """log p(candidate | prefix + tokens[b, :last[b]+1]) -> float32 [B, C] (full-vocabulary softmax)."""
     self.compilations["next_token"] += 1
     model = nnx.merge(self.graphdef, params)
-    h_btd = self._hidden(model, tokens_bt, segments_bt)
+    h_btd = self._hidden(model, prefix, tokens_bt, positions_bt, segments_bt)
     h_b1d = jnp.take_along_axis(h_btd, last_b[:, None, None], axis=1)
     logp_bv = jax.nn.log_softmax(model.project(h_b1d)[:, 0], axis=-1)
     return jnp.take(logp_bv, candidates_c, axis=-1)
@@ -99,8 +113,24 @@ class Scorer:
       out.append(a.astype(np.int32))
     return out
 
-  def loglikelihood(self, contexts: Sequence[Sequence[int]],
-                    continuations: Sequence[Sequence[int]]) -> np.ndarray:
+  def _shared_prefix(self, contexts: Sequence[np.ndarray], prefix: int | str | None):
+    """(prefix KV or None, its length): 'auto' reuses the contexts' common prefix when it is at least
+    config.prefix_min_tokens long (each context keeps >= 1 token of its own); an int forces a length."""
+    if prefix == "auto":
+      n = plan.shared_prefix(contexts, self.config.prefix_min_tokens)
+    else:
+      n = int(prefix or 0)
+      if n and (plan.common_prefix_length(contexts) < n or min(map(len, contexts)) <= n):
+        raise ValueError(f"prefix={n}: every context must start with the same {n} tokens and have at least "
+                         "one more")
+    if not n:
+      return None, 0
+    arrays = prefix_kv.padded_prefix(contexts[0][:n])
+    self.stats["prefix_tokens"] += n
+    return self._prefix(self.params, *map(jnp.asarray, arrays)), n
+
+  def loglikelihood(self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                    prefix: int | str | None = "auto") -> np.ndarray:
     """float32 [N]: sum_j log p(cont[j] | context + cont[:j]). Contexts need >= 1 token (e.g. BOS)."""
     if len(contexts) != len(continuations):
       raise ValueError(f"loglikelihood: {len(contexts)} contexts but {len(continuations)} continuations")
@@ -110,28 +140,32 @@ class Scorer:
       if not len(c):
         raise ValueError(f"loglikelihood: context {i} is empty; it needs at least one token (e.g. BOS)")
     out = np.zeros(len(ctx), np.float32)
-    # The last continuation token is a target, never an input: sequences are len(ctx) + len(cont) - 1 long.
-    lengths = [len(c) + len(k) - (1 if len(k) else 0) for c, k in zip(ctx, cont)]
+    if not ctx:
+      return out
     with jax.set_mesh(self.mesh):
+      prefix_cache, p = self._shared_prefix(ctx, prefix)
+      # Rows hold full[p:] minus the last continuation token, which is a target, never an input.
+      lengths = [len(c) + len(k) - p - (1 if len(k) else 0) for c, k in zip(ctx, cont)]
       for t, b, ix in self._batches(lengths):
-        tokens = np.zeros((b, t), np.int32)
-        segments = np.zeros((b, t), np.int32)
+        tokens, positions, segments = self._rows(b, t, p)
         targets = np.zeros((b, t), np.int32)
         weights = np.zeros((b, t), np.float32)
         for j, i in enumerate(ix):
-          full = np.concatenate([ctx[i], cont[i]])
+          full = np.concatenate([ctx[i], cont[i]])[p:]
           n = lengths[i]
           tokens[j, :n] = full[:n]
           segments[j, :n] = 1
           targets[j, :len(full) - 1] = full[1:]
           if len(cont[i]):
-            weights[j, len(ctx[i]) - 1:n] = 1.0
-        res = self._ll(self.params, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(targets),
-                       jnp.asarray(weights))
+            weights[j, len(ctx[i]) - p - 1:n] = 1.0
+        self.stats["scored_tokens"] += sum(lengths[i] for i in ix)
+        res = self._ll(self.params, prefix_cache, *map(jnp.asarray, (tokens, positions, segments, targets,
+                                                                      weights)))
         out[ix] = np.asarray(jax.device_get(res))[:len(ix)]
     return out
 
-  def candidate_logprobs(self, contexts: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
+  def candidate_logprobs(self, contexts: Sequence[Sequence[int]], candidates: Sequence[int],
+                         prefix: int | str | None = "auto") -> np.ndarray:
     """float32 [N, C]: log p(candidate | context) under the full next-token distribution."""
     ctx = self._check(contexts, "context")
     cand = np.asarray(self._check([candidates], "candidates")[0], np.int32)
@@ -141,19 +175,28 @@ class Scorer:
       if not len(c):
         raise ValueError(f"candidate_logprobs: context {i} is empty")
     out = np.zeros((len(ctx), cand.size), np.float32)
+    if not ctx:
+      return out
     with jax.set_mesh(self.mesh):
-      for t, b, ix in self._batches([len(c) for c in ctx]):
-        tokens = np.zeros((b, t), np.int32)
-        segments = np.zeros((b, t), np.int32)
+      prefix_cache, p = self._shared_prefix(ctx, prefix)
+      lengths = [len(c) - p for c in ctx]
+      for t, b, ix in self._batches(lengths):
+        tokens, positions, segments = self._rows(b, t, p)
         last = np.zeros((b,), np.int32)
         for j, i in enumerate(ix):
-          tokens[j, :len(ctx[i])] = ctx[i]
-          segments[j, :len(ctx[i])] = 1
-          last[j] = len(ctx[i]) - 1
-        res = self._next(self.params, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(last),
-                         jnp.asarray(cand))
+          tokens[j, :lengths[i]] = ctx[i][p:]
+          segments[j, :lengths[i]] = 1
+          last[j] = lengths[i] - 1
+        self.stats["scored_tokens"] += sum(lengths[i] for i in ix)
+        res = self._next(self.params, prefix_cache, *map(jnp.asarray, (tokens, positions, segments, last, cand)))
         out[ix] = np.asarray(jax.device_get(res))[:len(ix)]
     return out
+
+  @staticmethod
+  def _rows(b: int, t: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty right-padded rows: tokens 0, positions continuing after a p-token prefix, segments 0."""
+    positions = np.broadcast_to(p + np.arange(t, dtype=np.int32), (b, t)).copy()
+    return np.zeros((b, t), np.int32), positions, np.zeros((b, t), np.int32)
 
   def candidate_distribution(self, contexts, candidates) -> np.ndarray:
     """float32 [N, C]: the next-token distribution restricted to `candidates` and renormalised."""

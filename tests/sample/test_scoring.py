@@ -64,3 +64,21 @@ def test_scoring_rejects_bad_input(lm):
     lm.loglikelihood([[]], [[3]])
   with pytest.raises(ValueError, match=r"token ids must be in \[0, 128\)"):
     lm.loglikelihood([[1]], [[500]])
+
+
+def test_shared_prefix_reuse_changes_no_score(lm):
+  # Contexts sharing a 20-token prefix (like the curation rubric): the prefix is run once and its KV reused;
+  # the scores equal scoring every sequence whole.
+  prefix = random_prompts([20], seed=8)[0]
+  tails = random_prompts([3, 9, 1, 14, 6], seed=9)
+  ctxs = [prefix + t for t in tails]
+  conts = random_prompts([4, 1, 7, 2, 5], seed=10)
+  scorer = lm.scorer(TEST_SAMPLE)
+  before = scorer.stats["prefix_tokens"]
+  np.testing.assert_allclose(scorer.loglikelihood(ctxs, conts), scorer.loglikelihood(ctxs, conts, prefix=None),
+                             rtol=1e-5)
+  np.testing.assert_allclose(scorer.candidate_logprobs(ctxs, [3, 4, 5]),
+                             scorer.candidate_logprobs(ctxs, [3, 4, 5], prefix=0), rtol=1e-5)
+  assert scorer.stats["prefix_tokens"] - before == 2 * 20
+  with pytest.raises(ValueError, match="prefix=21"):
+    scorer.loglikelihood(ctxs, conts, prefix=21)
