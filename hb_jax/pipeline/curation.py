@@ -15,7 +15,7 @@ A5 = rating 5 (generate) or rating >= 4.5 (digits, likelihood); A4 = rating >= 4
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -52,24 +52,57 @@ def meets(score: float | int | None, k: float, method: str) -> bool:
   return score >= (k - 0.5 if k >= 5 else k)
 
 
-def score_generate(lm, candidates: Sequence[dict], *, style, tag: str, temperature: float, top_p: float,
-                   max_new_tokens: int, batch: int, seed: int) -> list[dict]:
-  tok = lm.tokenizer
-  ids = [tok.encode(rater_prompt(c["instruction"], c["output"], style, tag), bos=True) for c in candidates]
+def encoder(method: str, tok, *, style: prompts.PromptStyle, tag_mode: str) -> Callable[[dict], Any]:
+  """candidate -> what `score_encoded` needs for `method` (token ids); host work that the chunk engine runs
+  ahead of the device (hb_jax.data.chunked)."""
+  tag = prompts.tag_for("seed", tag_mode, style) if tag_mode != "none" else ""
+  if method == "generate":
+    return lambda c: tok.encode(rater_prompt(c["instruction"], c["output"], style, tag), bos=True)
+  if method == "digits":
+    return lambda c: digit_query(tok, c["instruction"], c["output"], style, tag)
+  if method == "likelihood":
+    # The rater judges the answer as an assistant would give it: the seed (AI-Assistant) tag.
+    return lambda c: (tok.encode(prompts.forward_prompt(c["instruction"], tag, style), bos=True),
+                      tok.encode(prompts.forward_target(c["output"], style), eos=True))
+  raise ValueError(f"curation: unknown method {method!r}")
+
+
+def score_encoded(method: str, lm, candidates: Sequence[dict], encoded: Sequence[Any], *, curate) -> list[dict]:
+  """Scores for `candidates` (encoded by `encoder(method, ...)`); each is {"score", "rating_text"}."""
+  if not candidates:
+    return []
+  if method == "generate":
+    return _score_generate(lm, candidates, encoded, temperature=curate.temperature, top_p=curate.top_p,
+                           max_new_tokens=curate.max_new_tokens, batch=curate.batch, seed=curate.seed)
+  if method == "digits":
+    return _score_digits(lm, encoded, batch=curate.batch)
+  if method == "likelihood":
+    return _score_likelihood(lm, encoded, batch=curate.batch)
+  raise ValueError(f"curation: unknown method {method!r}")
+
+
+def score(method: str, lm, candidates: Sequence[dict], *, style, tag_mode: str, curate) -> list[dict]:
+  """Scores for `candidates` with `method`; each is {"score", "rating_text"}."""
+  encode = encoder(method, lm.tokenizer, style=style, tag_mode=tag_mode)
+  return score_encoded(method, lm, candidates, [encode(c) for c in candidates], curate=curate)
+
+
+def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *, temperature: float,
+                    top_p: float, max_new_tokens: int, batch: int, seed: int) -> list[dict]:
   seeds = [plan.seed_from_id(c["id"], seed) for c in candidates]
+  # The rubric every prompt starts with is prefilled once and attended by every row (SampleConfig's
+  # prefix_min_tokens): rows only compute the candidate and the rating they write.
   cfg = SampleConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, max_batch=batch)
-  outs = lm.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seeds, config=cfg)
+  outs = lm.generate(list(ids), max_new_tokens, temperature=temperature, top_p=top_p, seed=seeds, config=cfg)
   res = []
-  for c, o in zip(candidates, outs):
-    text = tok.decode(o)
+  for o in outs:
+    text = lm.tokenizer.decode(o)
     res.append({"score": prompts.parse_rating(text), "rating_text": text})
   return res
 
 
-def score_digits(lm, candidates: Sequence[dict], *, style, tag: str, batch: int) -> list[dict]:
-  tok = lm.tokenizer
-  queries = [digit_query(tok, c["instruction"], c["output"], style, tag) for c in candidates]
-  digit_ids = queries[0][1] if queries else []
+def _score_digits(lm, queries: Sequence[tuple[list[int], list[int]]], *, batch: int) -> list[dict]:
+  digit_ids = queries[0][1]
   if any(q[1] != digit_ids for q in queries):
     raise ValueError("score_digits: the digit tokens differ between candidates")
   probs = lm.scorer(SampleConfig(score_batch=batch)).candidate_distribution([q[0] for q in queries], digit_ids)
@@ -77,35 +110,14 @@ def score_digits(lm, candidates: Sequence[dict], *, style, tag: str, batch: int)
            "rating_text": " ".join(f"{d}:{float(x):.3f}" for d, x in zip(RATING_DIGITS, p))} for p in probs]
 
 
-def score_likelihood(lm, candidates: Sequence[dict], *, style, tag_for_source, batch: int) -> list[dict]:
-  tok = lm.tokenizer
-  ctx = [tok.encode(prompts.forward_prompt(c["instruction"], tag_for_source(c), style), bos=True)
-         for c in candidates]
-  cont = [tok.encode(prompts.forward_target(c["output"], style), eos=True) for c in candidates]
+def _score_likelihood(lm, pairs: Sequence[tuple[list[int], list[int]]], *, batch: int) -> list[dict]:
+  ctx, cont = [p[0] for p in pairs], [p[1] for p in pairs]
   ll = lm.scorer(SampleConfig(score_batch=batch)).loglikelihood(ctx, cont)
   out = []
   for total, k in zip(ll, cont):
     mean = float(total) / max(1, len(k))
     out.append({"score": round(1.0 + 4.0 * math.exp(mean), 4), "rating_text": f"mean_logp={mean:.4f}"})
   return out
-
-
-def score(method: str, lm, candidates: Sequence[dict], *, style, tag_mode: str, curate) -> list[dict]:
-  """Scores for `candidates` with `method`; each is {"score", "rating_text"}."""
-  if not candidates:
-    return []
-  tag = prompts.tag_for("seed", tag_mode, style) if tag_mode != "none" else ""
-  if method == "generate":
-    return score_generate(lm, candidates, style=style, tag=tag, temperature=curate.temperature,
-                          top_p=curate.top_p, max_new_tokens=curate.max_new_tokens, batch=curate.batch,
-                          seed=curate.seed)
-  if method == "digits":
-    return score_digits(lm, candidates, style=style, tag=tag, batch=curate.batch)
-  if method == "likelihood":
-    # The rater judges the answer as an assistant would give it: the seed (AI-Assistant) tag.
-    return score_likelihood(lm, candidates, style=style, batch=curate.batch,
-                            tag_for_source=lambda c: tag)
-  raise ValueError(f"curation: unknown method {method!r}")
 
 
 def select(scored: Sequence[dict], k: float, method: str) -> list[dict]:

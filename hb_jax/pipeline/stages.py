@@ -13,7 +13,7 @@ atomically and returns {relative path: content hash} for the manifest.
   finetune     one model alone (launch with --stage=finetune)
 
 Bulk inference (augment, curate, evaluate) runs on every process, each on its share of the records with a
-model replica on its own devices (hb_jax.pipeline.bulk); process 0 merges. Training runs on every process
+model replica on its own devices (hb_jax.data.chunked); process 0 merges. Training runs on every process
 over the global mesh (hb_jax.train.finetune). Only process 0 writes merged files and the manifest.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from etils import epath
 from hb_jax import checkpoint
 from hb_jax.config import TrainConfig
 from hb_jax.data import prompts, records
-from hb_jax.pipeline import bulk, curation
+from hb_jax.data import chunked
+from hb_jax.pipeline import curation
 from hb_jax.pipeline.config import PipelineConfig
 from hb_jax.pipeline.manifest import Manifest, file_hash
 
@@ -40,7 +41,7 @@ class Context:
   cfg: PipelineConfig
   workdir: epath.Path
   manifest: Manifest
-  share: bulk.Share = bulk.Share()
+  share: chunked.Share = chunked.Share()
 
   def path(self, rel: str) -> epath.Path:
     return self.workdir / rel
@@ -279,8 +280,10 @@ def augment(ctx: Context) -> dict[str, str]:
                       max_batch=a.batch)
   generated_by = _rel_model(ctx, "backward")
 
-  def fn(chunk: list[dict]) -> list[dict]:
-    ids = [tok.encode(prompts.backward_prompt(s["text"], style), bos=True) for s in chunk]
+  def encode(segment: dict) -> list[int]:
+    return tok.encode(prompts.backward_prompt(segment["text"], style), bos=True)
+
+  def fn(chunk: list[dict], ids: list[list[int]]) -> list[dict]:
     outs = lm.generate(ids, a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                        seed=[plan.seed_from_id(s["id"], a.seed) for s in chunk], config=scfg)
     res = []
@@ -292,12 +295,12 @@ def augment(ctx: Context) -> dict[str, str]:
                                    segment_source=s["source"], generated_by=generated_by))
     return res
 
-  bulk.run(segments, ctx.path("augment/parts"), "candidates", fn, share=ctx.share, chunk_records=a.chunk_records,
-           desc="augment", progress=ctx.cfg.progress)
+  chunked.run(segments, ctx.path("augment/parts"), "candidates", fn, encode=encode, share=ctx.share,
+              chunk_records=a.chunk_records, desc="augment", progress=ctx.cfg.progress)
   ctx.barrier("augment")
   out = ctx.path("augment/candidates.jsonl")
   if ctx.is_writer:
-    bulk.merge(segments, ctx.path("augment/parts"), "candidates", out, "segment_id",
+    chunked.merge(segments, ctx.path("augment/parts"), "candidates", out, "segment_id",
                process_count=ctx.share.count, chunk_records=a.chunk_records)
   ctx.barrier("augment-merged")
   return {"augment/candidates.jsonl": file_hash(out)}
@@ -326,17 +329,18 @@ def curate(ctx: Context, t: int) -> dict[str, str]:
   for method in methods:
     subset = cands if method == c.method or method != "generate" else [x for x in cands if x["id"] in sample]
 
-    def fn(chunk, method=method):
-      scores = curation.score(method, lm, chunk, style=ctx.style, tag_mode=ctx.train_tag_mode, curate=c)
+    def fn(chunk, encoded, method=method):
+      scores = curation.score_encoded(method, lm, chunk, encoded, curate=c)
       return [{**x, **s, "method": method, "iteration": t, "rated_by": rated_by, "candidate_id": x["id"]}
               for x, s in zip(chunk, scores)]
 
-    bulk.run(subset, ctx.path(f"{d}/parts"), method, fn, share=ctx.share, chunk_records=c.chunk_records,
-             desc=f"curate_{t} {method}", progress=ctx.cfg.progress)
+    encode = curation.encoder(method, lm.tokenizer, style=ctx.style, tag_mode=ctx.train_tag_mode)
+    chunked.run(subset, ctx.path(f"{d}/parts"), method, fn, encode=encode, share=ctx.share,
+                chunk_records=c.chunk_records, desc=f"curate_{t} {method}", progress=ctx.cfg.progress)
     ctx.barrier(f"curate-{t}-{method}")
     out = ctx.path(f"{d}/scores_{method}.jsonl")
     if ctx.is_writer:
-      bulk.merge(subset, ctx.path(f"{d}/parts"), method, out, "candidate_id", process_count=ctx.share.count,
+      chunked.merge(subset, ctx.path(f"{d}/parts"), method, out, "candidate_id", process_count=ctx.share.count,
                  chunk_records=c.chunk_records)
     ctx.barrier(f"curate-{t}-{method}-merged")
     outs[f"{d}/scores_{method}.jsonl"] = file_hash(out)
@@ -392,19 +396,22 @@ def evaluate(ctx: Context) -> dict[str, str]:
     # seed-only model never saw the web-search tag, so it is asked in the one format it was trained on.
     model_tag_mode = "seed" if (key == "seed_only" and tag_mode == "both") else tag_mode
 
-    def fn(chunk, lm=lm, tok=tok, model_tag_mode=model_tag_mode):
-      tag = prompts.tag_for(None, model_tag_mode, ctx.style)
-      ids = [tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True) for h in chunk]
+    tag = prompts.tag_for(None, model_tag_mode, ctx.style)
+
+    def encode(h, tok=tok, tag=tag):
+      return tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True)
+
+    def fn(chunk, ids, lm=lm, tok=tok):
       gens = lm.generate(ids, e.max_new_tokens, temperature=0.0, config=scfg)
       return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": name}
               for h, g in zip(chunk, gens)]
 
-    bulk.run(held, ctx.path("evaluate/parts"), key, fn, share=ctx.share, chunk_records=256,
-             desc=f"evaluate {key}", progress=ctx.cfg.progress)
+    chunked.run(held, ctx.path("evaluate/parts"), key, fn, encode=encode, share=ctx.share, chunk_records=256,
+                desc=f"evaluate {key}", progress=ctx.cfg.progress)
     ctx.barrier(f"evaluate-{key}")
     out = ctx.path(f"evaluate/{key}.jsonl")
     if ctx.is_writer:
-      bulk.merge(held, ctx.path("evaluate/parts"), key, out, "id", process_count=ctx.share.count, chunk_records=256)
+      chunked.merge(held, ctx.path("evaluate/parts"), key, out, "id", process_count=ctx.share.count, chunk_records=256)
     ctx.barrier(f"evaluate-{key}-merged")
     outs[f"evaluate/{key}.jsonl"] = file_hash(out)
     del lm

@@ -7,7 +7,8 @@ import pytest
 
 from hb_jax.config import ConfigError
 from hb_jax.data import records, synthetic
-from hb_jax.pipeline import bulk, curation
+from hb_jax.data import chunked
+from hb_jax.pipeline import curation
 from hb_jax.pipeline.config import from_config_dict
 from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys
 
@@ -57,8 +58,8 @@ def _fn(chunk):
 
 def test_bulk_resume_after_crash_is_byte_identical(tmp_path):
   inputs = _inputs(23)
-  bulk.run(inputs, tmp_path / "a", "x", _fn, chunk_records=5, progress=False)
-  bulk.merge(inputs, tmp_path / "a", "x", tmp_path / "a.jsonl", "in", process_count=1, chunk_records=5)
+  chunked.run(inputs, tmp_path / "a", "x", _fn, chunk_records=5, progress=False)
+  chunked.merge(inputs, tmp_path / "a", "x", tmp_path / "a.jsonl", "in", process_count=1, chunk_records=5)
 
   calls = []
 
@@ -69,24 +70,24 @@ def test_bulk_resume_after_crash_is_byte_identical(tmp_path):
     return _fn(chunk)
 
   with pytest.raises(KeyboardInterrupt):
-    bulk.run(inputs, tmp_path / "b", "x", crashing, chunk_records=5, progress=False)
-  assert bulk.count_done(inputs, tmp_path / "b", "x", bulk.Share(), 5) == 2
+    chunked.run(inputs, tmp_path / "b", "x", crashing, chunk_records=5, progress=False)
+  assert chunked.count_done(inputs, tmp_path / "b", "x", chunked.Share(), 5) == 2
   with pytest.raises(FileNotFoundError, match="missing"):
-    bulk.merge(inputs, tmp_path / "b", "x", tmp_path / "b.jsonl", "in", process_count=1, chunk_records=5)
-  assert bulk.run(inputs, tmp_path / "b", "x", _fn, chunk_records=5, progress=False) == 3  # only what was left
-  bulk.merge(inputs, tmp_path / "b", "x", tmp_path / "b.jsonl", "in", process_count=1, chunk_records=5)
+    chunked.merge(inputs, tmp_path / "b", "x", tmp_path / "b.jsonl", "in", process_count=1, chunk_records=5)
+  assert chunked.run(inputs, tmp_path / "b", "x", _fn, chunk_records=5, progress=False) == 3  # only what was left
+  chunked.merge(inputs, tmp_path / "b", "x", tmp_path / "b.jsonl", "in", process_count=1, chunk_records=5)
   assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
 def test_bulk_shards_merge_to_single_process_result(tmp_path):
   inputs = _inputs(31)
-  bulk.run(inputs, tmp_path / "one", "x", _fn, chunk_records=4, progress=False)
-  bulk.merge(inputs, tmp_path / "one", "x", tmp_path / "one.jsonl", "in", process_count=1, chunk_records=4)
+  chunked.run(inputs, tmp_path / "one", "x", _fn, chunk_records=4, progress=False)
+  chunked.merge(inputs, tmp_path / "one", "x", tmp_path / "one.jsonl", "in", process_count=1, chunk_records=4)
   for p in range(3):
-    bulk.run(inputs, tmp_path / "three", "x", _fn, share=bulk.Share(p, 3), chunk_records=4, progress=False)
-  bulk.merge(inputs, tmp_path / "three", "x", tmp_path / "three.jsonl", "in", process_count=3, chunk_records=4)
+    chunked.run(inputs, tmp_path / "three", "x", _fn, share=chunked.Share(p, 3), chunk_records=4, progress=False)
+  chunked.merge(inputs, tmp_path / "three", "x", tmp_path / "three.jsonl", "in", process_count=3, chunk_records=4)
   assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "three.jsonl").read_bytes()
-  shares = [len(sum(bulk.my_chunks(inputs, bulk.Share(p, 3), 4), [])) for p in range(3)]
+  shares = [len(sum(chunked.my_chunks(inputs, chunked.Share(p, 3), 4), [])) for p in range(3)]
   assert sum(shares) == 31 and min(shares) > 0
 
 

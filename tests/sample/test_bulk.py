@@ -1,4 +1,4 @@
-"""Bulk generation: resumed runs (stopped between chunks, or torn mid-write) give byte-identical output."""
+"""Bulk generation: resumed runs (stopped between chunks, or killed mid-write) give byte-identical output."""
 from __future__ import annotations
 
 import json
@@ -45,12 +45,15 @@ def test_resume_is_byte_identical(sampler, inputs, tmp_path):
   generate_jsonl(sampler, inputs, out, **KW)
   assert out.read_bytes() == want
 
-  # Killed mid-write of the second chunk: 2 of its lines landed, plus half of a third.
+  # Killed while writing the second chunk: its file never got committed (a stray temp file), so a rerun
+  # regenerates that chunk whole and skips the first.
   out = tmp_path / "torn.jsonl"
-  (tmp_path / "torn.jsonl.partial").write_text("".join(lines[:8]) + lines[8][:17])
+  generate_jsonl(sampler, inputs, out, stop_after_chunks=1, **KW)
+  parts = tmp_path / "torn.jsonl.parts"
+  (parts / ".generate-p000of001-c000001.jsonl.x.tmp").write_text("".join(lines[6:8]) + lines[8][:17])
   resumed = generate_jsonl(sampler, inputs, out, **KW)
-  assert resumed["records"] == 4
-  assert out.read_bytes() == want
+  assert resumed["records"] == 6 and resumed["complete"]
+  assert out.read_bytes() == want and not parts.exists()
 
 
 def test_bad_records_are_named(sampler, tmp_path):

@@ -1,16 +1,26 @@
 """Resumable, multi-process bulk work over records (generation, scoring), committed chunk by chunk.
 
+Every bulk pass uses this one engine: augmentation, the curation methods, evaluation answers (hb_jax.pipeline)
+and `generate_jsonl` (hb_jax.sample.bulk).
+
 Process p of P takes the records whose id hashes to p (records.shard_of), in input order, and cuts them into
 chunks of `chunk_records`. Each finished chunk is one object, `parts/<name>-pPPPofQQQ-cCCCCC.jsonl`, written
 atomically (rename locally, whole upload + commit marker on object stores). A rerun skips committed chunks
 and redoes an unfinished one whole, with exactly the batch it had before, so results do not depend on
 where a run was killed. `merge` reads every process's chunks and writes one file in input order.
+
+The chunks to compute flow through a grain pipeline: `source(chunks).map(encode)` read with a thread and a
+small prefetch buffer, so the host work of a chunk (tokenizing its prompts: a curation prompt is ~1,000
+tokens, five encodings for `digits`) runs while the device generates or scores the previous one. Length
+bucketing happens inside each chunk (hb_jax.sample.plan.group_by_length, called by the sampler and the
+scorer), a pure function of the chunk, so the batches a chunk runs do not depend on the rest of the input.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+import grain
 from etils import epath
 from tqdm.auto import tqdm
 
@@ -33,21 +43,41 @@ def my_chunks(inputs: Sequence[dict], share: Share, chunk_records: int) -> list[
   return [mine[i:i + chunk_records] for i in range(0, len(mine), chunk_records)]
 
 
-def run(inputs: Sequence[dict], parts: epath.PathLike, name: str, fn: Callable[[list[dict]], list[dict]], *,
-        share: Share = Share(), chunk_records: int = 256, desc: str = "", progress: bool = True) -> int:
-  """Applies `fn` (a chunk of input records -> output records) to this process's share; returns how many
-  chunks it computed (0 when everything was already committed)."""
+def run(inputs: Sequence[dict], parts: epath.PathLike, name: str, fn: Callable[..., list[dict]], *,
+        encode: Callable[[dict], Any] | None = None, share: Share = Share(), chunk_records: int = 256,
+        desc: str = "", progress: bool = True, max_chunks: int | None = None,
+        postfix: Callable[[], dict[str, str]] | None = None) -> int:
+  """Applies `fn` to this process's share, one chunk at a time; returns how many chunks it computed (0 when
+  everything was already committed).
+
+  fn(chunk records) -> output records; with `encode`, fn(chunk records, [encode(r) for r in chunk]) and the
+  encoding runs ahead in grain's prefetch thread. `max_chunks` stops after that many (tests of resumption);
+  `postfix` adds live figures (e.g. tokens/s) to the progress bar after each chunk.
+  """
   parts = epath.Path(parts)
   chunks = my_chunks(inputs, share, chunk_records)
   todo = [(i, c) for i, c in enumerate(chunks) if not records.is_committed(chunk_path(parts, name, share, i))]
+  if max_chunks is not None:
+    todo = todo[:max_chunks]
   bar = tqdm(total=sum(len(c) for c in chunks), initial=sum(len(c) for c in chunks) - sum(len(c) for _, c in todo),
              desc=desc or name, disable=not progress, dynamic_ncols=True)
-  for i, chunk in todo:
-    out = fn(chunk)
+  for i, chunk, encoded in _prepared(todo, encode):
+    out = fn(chunk) if encode is None else fn(chunk, encoded)
     records.write_jsonl(chunk_path(parts, name, share, i), out)
     bar.update(len(chunk))
+    if postfix is not None:
+      bar.set_postfix(postfix())
   bar.close()
   return len(todo)
+
+
+def _prepared(todo: list[tuple[int, list[dict]]], encode: Callable[[dict], Any] | None):
+  """(index, chunk, encodings) for each chunk to compute, encoded one chunk ahead by a grain reader thread."""
+  if not todo:
+    return iter(())
+  ds = grain.MapDataset.source(todo).map(
+      lambda item: (item[0], item[1], None if encode is None else [encode(r) for r in item[1]]))
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)))
 
 
 def merge(inputs: Sequence[dict], parts: epath.PathLike, name: str, out: epath.PathLike, key: str, *,
@@ -81,3 +111,10 @@ def count_done(inputs: Sequence[dict], parts: epath.PathLike, name: str, share: 
   parts = epath.Path(parts)
   return sum(records.is_committed(chunk_path(parts, name, share, i))
              for i in range(len(my_chunks(inputs, share, chunk_records))))
+
+
+def is_complete(inputs: Sequence[dict], parts: epath.PathLike, name: str, *, process_count: int,
+                chunk_records: int) -> bool:
+  """Whether every process has committed every chunk of its share (what `merge` needs)."""
+  return all(count_done(inputs, parts, name, Share(p, process_count), chunk_records)
+             == len(my_chunks(inputs, Share(p, process_count), chunk_records)) for p in range(process_count))
