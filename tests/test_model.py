@@ -108,6 +108,32 @@ def test_cache_prefill_then_steps_equal_full_forward(model):
   np.testing.assert_array_equal(cache.index, [10, 10])
 
 
+def test_unrolled_layers_and_shared_prefix_equal_the_scanned_full_forward(model):
+  """The decode path's two variants: layers unrolled over per-layer blocks and KV buffers, and a batch-1
+  shared prefix attended beside each row's own cache (never copied into it) give the plain forward's logits."""
+  prefix_len, b = 5, 2
+  x = jnp.concatenate([jnp.broadcast_to(_tokens(1, prefix_len, 7), (b, prefix_len)), _tokens(b, 6)], axis=1)
+  full, _ = model(x)
+  blocks = model.layer_blocks()
+  for per_layer in (False, True):
+    pre = KVCache.zeros(CFG.num_layers, 1, 8, CFG.num_kv_heads, CFG.head_dim)  # 3 padding slots (segment 0)
+    pre_tok = jnp.zeros((1, 8), jnp.int32).at[:, :prefix_len].set(x[:1, :prefix_len])
+    pre_seg = (jnp.arange(8) < prefix_len).astype(jnp.int32)[None]
+    _, pre = model(pre_tok, jnp.arange(8)[None] * pre_seg, pre_seg, cache=pre)
+    cache = KVCache.zeros(CFG.num_layers, b, 8, CFG.num_kv_heads, CFG.head_dim, per_layer=per_layer)
+    kw = dict(blocks=blocks) if per_layer else {}
+    pre = pre.unstacked() if per_layer else pre
+    pos = jnp.broadcast_to(prefix_len + jnp.arange(6), (b, 6))
+    first, cache = model(x[:, prefix_len:9], pos[:, :4], jnp.ones((b, 4), jnp.int32), cache=cache, prefix=pre, **kw)
+    np.testing.assert_allclose(first, full[:, prefix_len:9], rtol=1e-5, atol=1e-5)
+    for t in range(4, 6):
+      step, cache = model(x[:, prefix_len + t:prefix_len + t + 1], pos[:, t:t + 1], jnp.ones((b, 1), jnp.int32),
+                          cache=cache, prefix=pre, **kw)
+      np.testing.assert_allclose(step[:, 0], full[:, prefix_len + t], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="one K/V array per layer"):
+    model(x[:, :1], cache=KVCache.zeros(CFG.num_layers, b, 8, CFG.num_kv_heads, CFG.head_dim), blocks=blocks)
+
+
 def test_cache_rows_advance_independently(model):
   """Row 0 writes 3 prompt tokens, row 1 writes 5: each row's next step sees only its own past."""
   x = _tokens(2, 5)

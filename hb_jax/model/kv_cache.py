@@ -18,24 +18,49 @@ Array = jax.Array
 class KVCache:
   # Heads before slots: a layer's [batch, kv_heads, slots, head_dim] slice is exactly the operand layout
   # of both attention contractions (batch dims b, k leading), so XLA reads it without a transpose copy.
-  k: Array  # [layers, batch, kv_heads, slots, head_dim]
-  v: Array  # [layers, batch, kv_heads, slots, head_dim]
+  # Stacked ([layers, ...], for the scanned layer loop) or one array per layer (a tuple, for the unrolled
+  # loop of the decode path, where each layer reads and updates its own buffer in place: slicing a stacked
+  # cache per layer copies it on every step).
+  k: Array | tuple[Array, ...]  # [layers, batch, kv_heads, slots, head_dim] or layers x [batch, kv_heads, ...]
+  v: Array | tuple[Array, ...]
   positions: Array  # int32 [batch, slots]: the RoPE position of the token in each slot
   segment_ids: Array  # int32 [batch, slots]: 0 for empty slots
   index: Array  # int32 [batch]: next slot each row writes to
 
   @classmethod
   def zeros(cls, num_layers: int, batch: int, slots: int, num_kv_heads: int, head_dim: int,
-            dtype=jnp.float32) -> "KVCache":
-    shape = (num_layers, batch, num_kv_heads, slots, head_dim)
-    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+            dtype=jnp.float32, per_layer: bool = False) -> "KVCache":
+    if per_layer:
+      shape = (batch, num_kv_heads, slots, head_dim)
+      k = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+      v = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+    else:
+      shape = (num_layers, batch, num_kv_heads, slots, head_dim)
+      k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    return cls(k=k, v=v,
                positions=jnp.zeros((batch, slots), jnp.int32),
                segment_ids=jnp.zeros((batch, slots), jnp.int32),
                index=jnp.zeros((batch,), jnp.int32))
 
   @property
   def slots(self) -> int:
-    return self.k.shape[3]
+    return self.positions.shape[1]
+
+  @property
+  def per_layer(self) -> bool:
+    return isinstance(self.k, tuple)
+
+  def unstacked(self) -> "KVCache":
+    """The same cache with one K and one V array per layer."""
+    if self.per_layer:
+      return self
+    return self.replace(k=tuple(self.k), v=tuple(self.v))
+
+  def map_kv(self, fn) -> "KVCache":
+    """fn applied to every K/V array (each layer's, or the stacked ones), e.g. to gather rows."""
+    if self.per_layer:
+      return self.replace(k=tuple(map(fn, self.k)), v=tuple(map(fn, self.v)))
+    return self.replace(k=fn(self.k), v=fn(self.v))
 
   def advance(self, positions: Array, segment_ids: Array) -> "KVCache":
     """Records the positions/segments of T new tokens at each row's index (K/V are written per layer).
@@ -58,15 +83,17 @@ def write_rows(buffer: Array, update: Array, index: Array) -> Array:
   return jax.vmap(one_row)(buffer, update, index)
 
 
-def write_layer_rows(buffer: Array, update: Array, layer: Array, index: Array) -> Array:
+def write_layer_rows(buffer: Array, update: Array, layer: Array | None, index: Array) -> Array:
   """buffer[layer, b, :, index[b]:index[b]+T] = update[b] (moved to [K, T, H]) for every row b, as one scatter.
 
-  buffer is the whole stacked cache [layers, B, K, S, H], update [B, T, K, H]; writing into it (rather than into a per-layer
-  slice that is then restacked) lets XLA update the carried buffer in place. Rows past the last slot are
-  dropped (callers keep index + T <= slots).
+  buffer is the whole stacked cache [layers, B, K, S, H] (or, with layer None, one layer's [B, K, S, H]),
+  update [B, T, K, H]; writing into it (rather than into a per-layer slice that is then restacked) lets XLA
+  update the carried buffer in place. Rows past the last slot are dropped (callers keep index + T <= slots).
   """
   b, t = update.shape[:2]
   rows_bt = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
   slots_bt = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
   # Advanced indices split by a slice index the result as [B, T, K, H], the update's own layout.
+  if layer is None:
+    return buffer.at[rows_bt, :, slots_bt].set(update, mode="drop")
   return buffer.at[layer, rows_bt, :, slots_bt].set(update, mode="drop")

@@ -136,7 +136,8 @@ class Attention(nnx.Module):
                cache_kv: tuple[Array, Array] | None, layer: Array | None, cache_meta: KVCache | None,
                prefix_kv: tuple[Array, Array] | None = None, prefix_meta: KVCache | None = None):
     """cache_kv: the whole stacked (k, v) cache [layers, B, kv_heads, S, head_dim] (or None); this layer
-    writes its rows at [layer, b, :, index[b]:index[b]+T] and attends over its own slice.
+    writes its rows at [layer, b, :, index[b]:index[b]+T] and attends over its own slice. With layer None,
+    cache_kv is this layer's own (k, v) [B, kv_heads, S, head_dim] (the unrolled loop).
     prefix_kv: this layer's shared-prefix (k, v) [kv_heads, P, head_dim], attended by every row."""
     dt = x.dtype
     q = self.q_proj(x, "btd,dnh->btnh")
@@ -154,8 +155,11 @@ class Attention(nnx.Module):
       cache_k = write_layer_rows(cache_k, k.astype(cache_k.dtype), layer, cache_meta.index)
       cache_v = write_layer_rows(cache_v, v.astype(cache_v.dtype), layer, cache_meta.index)
       cache_kv = (cache_k, cache_v)
-      keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dt)
-      values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dt)
+      if layer is None:
+        keys, values = cache_k.astype(dt), cache_v.astype(dt)
+      else:
+        keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dt)
+        values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dt)
       kv_pos, kv_seg = cache_meta.positions, cache_meta.segment_ids
 
     b, t, n, hd = q.shape
@@ -270,12 +274,17 @@ class Llama(nnx.Module):
 
   def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
                *, cache: KVCache | None = None, prefix: KVCache | None = None,
-               dropout_key: Array | None = None, return_hidden: bool = False) -> tuple[Array, KVCache | None]:
+               dropout_key: Array | None = None, return_hidden: bool = False,
+               blocks: list[DecoderLayer] | None = None) -> tuple[Array, KVCache | None]:
     """tokens, positions, segment_ids: int32[B, T]. Returns (float32 logits [B, T, V], updated cache).
 
     Defaults: positions 0..T-1, one segment per row. With a cache, this call's tokens are written at
     `cache.index` (per row) and attend to everything already in the cache. With a prefix (a batch-1
     cache of a shared prompt head), every row also attends to it; the rows' positions continue after it.
+
+    `blocks` (from `layer_blocks()`) runs the layers as an unrolled loop over per-layer modules instead of
+    the scan; the cache and the prefix must then hold one K/V array per layer (KVCache.unstacked). The
+    decode loop uses this: its per-layer weights and KV buffers are sliced once per call, not per step.
     """
     cfg = self.cfg
     b, t = tokens.shape
@@ -294,6 +303,40 @@ class Llama(nnx.Module):
       cache_meta = cache.advance(positions, segment_ids)
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.num_layers)
 
+    if blocks is not None:
+      x, cache_kv = self._unrolled(blocks, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix,
+                                   layer_keys)
+    else:
+      x, cache_kv = self._scanned(x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys)
+
+    h = self.norm(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
+    return (h if return_hidden else self.project(h)), new_cache
+
+  def layer_blocks(self) -> list[DecoderLayer]:
+    """The stacked layers as num_layers separate modules (each holding its slice of the parameters)."""
+    graphdef, state = nnx.split(self.layers)
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(self.cfg.num_layers)]
+
+  def _unrolled(self, blocks, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys):
+    if (cache is not None and not cache.per_layer) or (prefix is not None and not prefix.per_layer):
+      raise ValueError("Llama(blocks=...): the cache and the prefix need one K/V array per layer "
+                       "(KVCache.unstacked())")
+    ks, vs = [], []
+    for i, block in enumerate(blocks):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      pre = None if prefix is None else (prefix.k[i][0], prefix.v[i][0])
+      key = None if layer_keys is None else layer_keys[i]
+      x, kv = block(x, positions, segment_ids, inv_freq, kv, None, cache_meta, key, pre, prefix)
+      if kv is not None:
+        ks.append(kv[0])
+        vs.append(kv[1])
+    return x, (None if cache is None else (tuple(ks), tuple(vs)))
+
+  def _scanned(self, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys):
+    cfg = self.cfg
     graphdef, layer_state = nnx.split(self.layers)
 
     def body(carry, xs):
@@ -310,12 +353,7 @@ class Llama(nnx.Module):
     # The prefix is read-only, so its per-layer slices ([kv_heads, P, head_dim], batch 1 dropped) ride in xs.
     prefix_kv = None if prefix is None else (prefix.k[:, 0], prefix.v[:, 0])
     (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys, prefix_kv))
-
-    h = self.norm(x)
-    new_cache = None
-    if cache is not None:
-      new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
-    return (h if return_hidden else self.project(h)), new_cache
+    return x, cache_kv
 
   def project(self, h: Array) -> Array:
     """Final hidden states [B, T, d] -> float32 logits [B, T, V]."""

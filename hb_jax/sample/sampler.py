@@ -97,9 +97,9 @@ class Completion:
 
 def _constrain_state(st: DecodeState) -> DecodeState:
   c = st.cache
-  kv_axes = ("layers", "batch", "kv_heads", None, "head_dim")
-  cache = c.replace(k=constrain(c.k, kv_axes, SERVE_RULES), v=constrain(c.v, kv_axes, SERVE_RULES),
-                    positions=constrain(c.positions, ("batch", None), SERVE_RULES),
+  kv_axes = ("batch", "kv_heads", None, "head_dim") if c.per_layer else ("layers", "batch", "kv_heads", None, "head_dim")
+  cache = c.map_kv(lambda a: constrain(a, kv_axes, SERVE_RULES))
+  cache = cache.replace(positions=constrain(c.positions, ("batch", None), SERVE_RULES),
                     segment_ids=constrain(c.segment_ids, ("batch", None), SERVE_RULES),
                     index=constrain(c.index, ("batch",), SERVE_RULES))
   per_row = {f: constrain(getattr(st, f), ("batch",) + (None,) * (getattr(st, f).ndim - 1), SERVE_RULES)
@@ -153,7 +153,13 @@ class Sampler:
   # ----------------------------------------------------------------------------------------- jitted parts
   def _zeros_cache(self, batch: int, slots: int) -> KVCache:
     c = self.cfg
-    return KVCache.zeros(c.num_layers, batch, slots, c.num_kv_heads, c.head_dim, self.cache_dtype)
+    return KVCache.zeros(c.num_layers, batch, slots, c.num_kv_heads, c.head_dim, self.cache_dtype,
+                         per_layer=self.config.unroll_layers)
+
+  def _model(self, params):
+    """(model, its per-layer blocks or None): blocks are sliced here, outside any decode loop."""
+    model = nnx.merge(self.graphdef, params)
+    return model, (model.layer_blocks() if self.config.unroll_layers else None)
 
   def _empty_impl(self, batch: int, slots: int, max_new: int) -> DecodeState:
     self.compilations["empty"] += 1
@@ -167,19 +173,20 @@ class Sampler:
   def _prefix_impl(self, params, tokens_1p, positions_1p, segments_1p) -> KVCache:
     """KV of the shared prefix, computed once (batch 1)."""
     self.compilations["prefix"] += 1
-    return prefix_kv.prefill(nnx.merge(self.graphdef, params), tokens_1p, positions_1p, segments_1p,
-                             self.cache_dtype)
+    cache = prefix_kv.prefill(nnx.merge(self.graphdef, params), tokens_1p, positions_1p, segments_1p,
+                              self.cache_dtype)
+    return cache.unstacked() if self.config.unroll_layers else cache
 
   def _refill_impl(self, params, state: DecodeState, rule: StopRule, prefix: KVCache | None, tokens_rt,
                    positions_rt, segments_rt, seeds_r2, rows_r, *, spec: DecodeSpec) -> DecodeState:
     """Prefills R prompts into rows `rows_r` of `state` (row index B = padding, dropped) and samples each
     row's first token. The rows attend to the shared prefix KV, if any."""
     self.compilations["refill"] += 1
-    model = nnx.merge(self.graphdef, params)
+    model, blocks = self._model(params)
     r = tokens_rt.shape[0]
     batch, slots = state.cache.positions.shape
     h_rtd, cache = model(tokens_rt, positions_rt, segments_rt, cache=self._zeros_cache(r, slots), prefix=prefix,
-                         return_hidden=True)
+                         return_hidden=True, blocks=blocks)
     logits_rv = model.project(h_rtd[:, -1:])[:, 0]  # left padding: every row's last token is at T-1
     keys_r2 = row_keys_from_seeds(seeds_r2)
     tok_r, lp_r = select_tokens(logits_rv, keys_r2, jnp.zeros((r,), jnp.int32), spec.sampling)
@@ -189,10 +196,13 @@ class Sampler:
     finish_r = _finish_codes(tok_r, out_rm, num_gen_r, rule, spec.max_new_tokens)
 
     put = lambda dst, src: dst.at[rows_r].set(src, mode="drop")
-    put_kv = lambda dst, src: dst.at[:, rows_r].set(src, mode="drop")
     c = state.cache
-    new_cache = c.replace(k=put_kv(c.k, cache.k), v=put_kv(c.v, cache.v),
-                          positions=put(c.positions, cache.positions),
+    if c.per_layer:
+      k = tuple(put(dst, src) for dst, src in zip(c.k, cache.k))
+      v = tuple(put(dst, src) for dst, src in zip(c.v, cache.v))
+    else:
+      k, v = (dst.at[:, rows_r].set(src, mode="drop") for dst, src in ((c.k, cache.k), (c.v, cache.v)))
+    new_cache = c.replace(k=k, v=v, positions=put(c.positions, cache.positions),
                           segment_ids=put(c.segment_ids, cache.segment_ids), index=put(c.index, cache.index))
     new = state.replace(
         cache=new_cache, tokens=put(state.tokens, tok_r),
@@ -208,8 +218,8 @@ class Sampler:
     self.compilations["compact"] += 1
     c = state.cache
     take = lambda a: a[rows_c]
-    cache = c.replace(k=c.k[:, rows_c], v=c.v[:, rows_c], positions=take(c.positions),
-                      segment_ids=take(c.segment_ids), index=take(c.index))
+    cache = c.map_kv(take if c.per_layer else (lambda a: a[:, rows_c]))
+    cache = cache.replace(positions=take(c.positions), segment_ids=take(c.segment_ids), index=take(c.index))
     rows = {f: take(getattr(state, f)) for f in ("tokens", "positions", "num_generated", "finish", "keys",
                                                    "out_tokens", "out_logprobs")}
     return _constrain_state(state.replace(cache=cache, done=take(state.done) | ~keep_c, **rows))
@@ -219,7 +229,7 @@ class Sampler:
     """Decodes until every row is done, `free_target` more rows are done, or spec.chunk_steps steps.
     Returns (state, steps)."""
     self.compilations["decode"] += 1
-    model = nnx.merge(self.graphdef, params)
+    model, blocks = self._model(params)
     state = state.replace(finish=jnp.where(release_b & ~state.done, FINISH_RELEASED, state.finish),
                           done=state.done | release_b)
     done_at_start = state.done
@@ -236,7 +246,7 @@ class Sampler:
       active_b = ~st.done
       # Finished/empty rows still flow through the matmuls but write segment 0 and keep their index.
       logits_b1v, cache = model(st.tokens[:, None], st.positions[:, None], active_b.astype(jnp.int32)[:, None],
-                                cache=st.cache, prefix=prefix)
+                                cache=st.cache, prefix=prefix, blocks=blocks)
       cache = cache.replace(index=jnp.where(active_b, cache.index, st.cache.index))
       tok_b, lp_b = select_tokens(logits_b1v[:, 0], st.keys, st.num_generated, spec.sampling)
       slot_b = jnp.where(active_b, st.num_generated, max_new)  # out of range: dropped
