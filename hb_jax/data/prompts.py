@@ -163,25 +163,31 @@ class RatingQuery:
   digit_ids: list[int]
 
 
-def rating_query(tok: Any, instruction: str, output: str, reasoning: str | None = None,
-                 style: PromptStyle = DEFAULT_STYLE, bos: bool = True) -> RatingQuery:
-  """Splits `rating_context(...) + " k"` into shared context tokens and one token per digit k.
+def option_query(tok: Any, text: str, options: Sequence[str], bos: bool = True) -> tuple[list[int], list[int]]:
+  """(context ids, one token id per option) for reading p(option) right after `text + " "`.
 
-  Encodes the five full strings and checks they differ only in their last token, so the split matches how
-  the model would see its own "Score: k" (sentencepiece gives `▁`,`4`; LLaMA-3 BPE gives `Ġ4`).
+  Encodes each full string and checks they differ only in their last token, so the split is the one the
+  model would see had it written the option itself (sentencepiece: `▁`,`1`; LLaMA-3 BPE: `Ġ1`).
   """
-  text = rating_context(instruction, output, reasoning, style)
-  full = [tok.encode(text + " " + d, bos=bos) for d in RATING_DIGITS]
+  full = [tok.encode(text + " " + o, bos=bos) for o in options]
   context = full[0][:-1]
-  for d, ids in zip(RATING_DIGITS, full):
+  for o, ids in zip(options, full):
     if ids[:-1] != context:
       raise ValueError(
-        f"rating_query: expected '{text[-20:]} {d}' to differ from the other digits only in its last token; "
-        f"found last tokens {[tok.id_to_piece(i) for i in ids[len(context) - 2:]]} "
-        f"(is {d!r} a single piece of this tokenizer?)")
-  digit_ids = [ids[-1] for ids in full]
-  if len(set(digit_ids)) != len(RATING_DIGITS):
-    raise ValueError(f"rating_query: expected 5 distinct digit tokens, found {digit_ids}")
+        f"option_query: expected '...{text[-20:]} {o}' to differ from the other options only in its last "
+        f"token; found last tokens {[tok.id_to_piece(i) for i in ids[max(0, len(context) - 2):]]} "
+        f"(is {o!r} a single piece of this tokenizer?)")
+  ids = [f[-1] for f in full]
+  if len(set(ids)) != len(options):
+    raise ValueError(f"option_query: expected {len(options)} distinct option tokens, found {ids}")
+  return context, ids
+
+
+def rating_query(tok: Any, instruction: str, output: str, reasoning: str | None = None,
+                 style: PromptStyle = DEFAULT_STYLE, bos: bool = True) -> RatingQuery:
+  """Splits `rating_context(...) + " k"` into shared context tokens and one token per digit k (the split
+  the model sees in its own "Score: k": sentencepiece gives `▁`,`4`; LLaMA-3 BPE gives `Ġ4`)."""
+  context, digit_ids = option_query(tok, rating_context(instruction, output, reasoning, style), RATING_DIGITS, bos)
   return RatingQuery(context=context, digit_ids=digit_ids)
 
 

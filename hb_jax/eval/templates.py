@@ -66,24 +66,7 @@ def judge_context(instruction: str, first: str, second: str, template: JudgeTemp
           + style.answer_prefix + template.lead)
 
 
-def option_query(tok: Any, text: str, options: Sequence[str], bos: bool = True) -> tuple[list[int], list[int]]:
-  """(context ids, one token id per option) for reading p(option) right after `text + " "`.
-
-  Encodes each full string and checks they differ only in their last token, so the split is the one the
-  model would see had it written the option itself (sentencepiece: `▁`,`1`; LLaMA-3 BPE: `Ġ1`).
-  """
-  full = [tok.encode(text + " " + o, bos=bos) for o in options]
-  context = full[0][:-1]
-  for o, ids in zip(options, full):
-    if ids[:-1] != context:
-      raise ValueError(
-        f"option_query: expected '...{text[-20:]} {o}' to differ from the other options only in its last "
-        f"token; found last tokens {[tok.id_to_piece(i) for i in ids[max(0, len(context) - 2):]]} "
-        f"(is {o!r} a single piece of this tokenizer?)")
-  ids = [f[-1] for f in full]
-  if len(set(ids)) != len(options):
-    raise ValueError(f"option_query: expected {len(options)} distinct option tokens, found {ids}")
-  return context, ids
+option_query = prompts.option_query  # the one next-token split, shared with curation's digits
 
 
 # ------------------------------------------------------------------------------------------- multiple choice

@@ -33,13 +33,7 @@ def rater_prompt(instruction: str, output: str, style: prompts.PromptStyle, tag:
 def digit_query(tok, instruction: str, output: str, style: prompts.PromptStyle, tag: str) -> tuple[list[int], list[int]]:
   """(context ids ending right after 'Score:', the five digit ids), split as the model sees ' Score: k'."""
   text = rater_prompt(instruction, output, style, tag) + style.answer_prefix + "Score:"
-  full = [tok.encode(text + " " + d, bos=True) for d in RATING_DIGITS]
-  context = full[0][:-1]
-  for d, ids in zip(RATING_DIGITS, full):
-    if ids[:-1] != context:
-      raise ValueError(f"digit_query: expected 'Score: {d}' to differ from the other digits in its last token "
-                       f"only; found {[tok.id_to_piece(i) for i in ids[len(context) - 2:]]}")
-  return context, [ids[-1] for ids in full]
+  return prompts.option_query(tok, text, RATING_DIGITS)
 
 
 def meets(score: float | int | None, k: float, method: str) -> bool:
