@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from hb_jax.config import ConfigError, MeshConfig, TrainConfig
+from hb_jax.eval.scaling import LOG_BASES, PAPER_SIZES
 
 CURATION_METHODS = ("generate", "digits", "likelihood")
 HEADERS = ("paper", "compact")
@@ -112,6 +113,45 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScalingConfig:
+  """`--stage=scaling` (on demand, never part of a plain run): one model per data size N, trained from the
+  base on the first N examples of a seeded shuffle of `data`, each evaluated, then w = alpha log N + C.
+
+  data: 'curated' (A_k of `iteration`, what train_t adds to the seed), 'curated+seed' (the seed plus that
+  set: what M_t trains on), or a JSONL of pairs (relative paths are under the workdir). steps: one per
+  size; empty means the paper's steps for the size (TrainConfig.steps_for). Every other training setting
+  is `train`'s; the evaluation is `evaluate`'s held-out accuracy (percent) on the demo world."""
+  sizes: tuple[int, ...] = PAPER_SIZES  # the paper's 7B scaling runs
+  steps: tuple[int, ...] = ()
+  data: str = "curated"
+  iteration: int = 0  # 0: the last curation iteration
+  seed: int = 0  # the subset shuffle
+  log_base: str = "e"  # e | 2 | 10 (the paper does not say; recorded with the fit)
+  confidence: float = 0.95
+
+  def __post_init__(self):
+    object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
+    object.__setattr__(self, "steps", tuple(int(n) for n in self.steps))
+    if not self.sizes or any(n <= 0 for n in self.sizes) or len(set(self.sizes)) != len(self.sizes):
+      raise ConfigError(f"scaling.sizes: expected distinct positive sizes, found {self.sizes}")
+    if len(self.sizes) < 2:
+      raise ConfigError(f"scaling.sizes: the fit needs at least two sizes, found {self.sizes}")
+    if self.steps and len(self.steps) != len(self.sizes):
+      raise ConfigError(f"scaling.steps: expected one step count per size ({len(self.sizes)}: {self.sizes}) "
+                        f"or none (the paper's table), found {len(self.steps)}: {self.steps}")
+    if any(s <= 0 for s in self.steps):
+      raise ConfigError(f"scaling.steps must be positive, found {self.steps}")
+    if not self.data:
+      raise ConfigError("scaling.data: expected 'curated', 'curated+seed' or a JSONL path, found ''")
+    if self.iteration < 0:
+      raise ConfigError(f"scaling.iteration must be >= 0, found {self.iteration}")
+    if self.log_base not in LOG_BASES:
+      raise ConfigError(f"scaling.log_base must be one of {sorted(LOG_BASES)}, found {self.log_base!r}")
+    if not 0.0 < self.confidence < 1.0:
+      raise ConfigError(f"scaling.confidence must be in (0, 1), found {self.confidence}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   name: str
   inputs: InputsConfig = InputsConfig()
@@ -122,6 +162,7 @@ class PipelineConfig:
   curate: CurateConfig = CurateConfig()
   ablation: AblationConfig = AblationConfig()
   evaluate: EvaluateConfig = EvaluateConfig()
+  scaling: ScalingConfig = ScalingConfig()
   mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)  # inference: per-process replica mesh
   progress: bool = True
 
@@ -134,7 +175,8 @@ class PipelineConfig:
 
 _SECTIONS: dict[str, Any] = {
   "inputs": InputsConfig, "backward": TrainConfig, "train": TrainConfig, "augment": AugmentConfig,
-  "curate": CurateConfig, "ablation": AblationConfig, "evaluate": EvaluateConfig, "mesh": MeshConfig,
+  "curate": CurateConfig, "ablation": AblationConfig, "evaluate": EvaluateConfig, "scaling": ScalingConfig,
+  "mesh": MeshConfig,
 }
 
 

@@ -5,6 +5,8 @@ with the manifest. Done and unchanged: skipped. Done but changed: refused (Stage
 stage and the keys) unless `restart_from` names it or an earlier stage, which forgets that stage and every
 later one and deletes their outputs. Half done: resumed (bulk stages skip committed chunks, training resumes
 from its last checkpoint); half done under a changed config: its partial outputs are cleared first.
+On-demand stages (ON_DEMAND: `scaling`) are planned only when --stage or --restart_from names them, after
+the method's stages, so a plain run never starts them.
 """
 from __future__ import annotations
 
@@ -66,8 +68,20 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
   return out
 
 
+# Stages beside the method that a run plans only when --stage or --restart_from names them.
+ON_DEMAND = ("scaling",)
+
+
+def on_demand(cfg: PipelineConfig, name: str) -> Stage:
+  """The on-demand stage `name` (built only when asked for, so its config is checked only then)."""
+  if name == "scaling":
+    from hb_jax.pipeline import scaling
+    return Stage("scaling", scaling.KEYS, scaling.upstream(cfg), scaling.run_stage, scaling.CLEAN)
+  raise ValueError(f"no on-demand stage {name!r}; expected one of {ON_DEMAND}")
+
+
 def stage_names(cfg: PipelineConfig) -> list[str]:
-  return [s.name for s in plan(cfg)] + ["finetune"]
+  return [s.name for s in plan(cfg)] + list(ON_DEMAND) + ["finetune"]
 
 
 def _config_subset(cfg: PipelineConfig, keys: Sequence[str]) -> dict:
@@ -100,8 +114,13 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
   stages = plan(cfg)
   names = [s.name for s in stages]
   for flag, value in (("--stage", only), ("--restart_from", restart_from)):
-    if value is not None and value not in names:
-      raise ValueError(f"{flag}={value!r}: expected one of {names} (finetune is launched separately)")
+    if value is not None and value not in names + list(ON_DEMAND):
+      raise ValueError(f"{flag}={value!r}: expected one of {names + list(ON_DEMAND)} (finetune is launched "
+                       "separately)")
+  for name in ON_DEMAND:  # after the method's stages, and only when named
+    if name in (only, restart_from):
+      stages.append(on_demand(cfg, name))
+  names = [s.name for s in stages]
   manifest = Manifest(workdir, writer=share.index == 0)
   ctx = S.Context(cfg, workdir, manifest, share)
   if restart_from is not None:

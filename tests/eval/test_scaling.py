@@ -1,0 +1,175 @@
+"""Data scaling: the log-N fit against planted slopes (noiseless: exact; noisy: within its standard error,
+and the standard error and intervals calibrated by Monte Carlo), nested deterministic subsets, and the
+`scaling` stage run for real on the tiny demo world (fit JSON + PNG, finished sizes skipped on rerun)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hb_jax.config import ConfigError
+from hb_jax.eval import scaling
+from hb_jax.pipeline import runner
+from hb_jax.pipeline.config import ScalingConfig
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
+
+from tests.pipeline.common import REPO, tiny_config
+
+ALPHA, C = 6.95, -20.0  # the paper's Humpback alpha, an arbitrary intercept
+
+
+def _analytic_stderr(ns, sigma):
+  x = np.log(np.asarray(ns, dtype=np.float64))
+  return sigma / math.sqrt(np.sum((x - x.mean()) ** 2))
+
+
+# ------------------------------------------------------------------------------------------------------ fit
+def test_noiseless_fit_is_exact():
+  ns = scaling.PAPER_SIZES
+  fit = scaling.fit_log_scaling(ns, [ALPHA * math.log(n) + C for n in ns])
+  assert fit.alpha == pytest.approx(ALPHA, abs=1e-9) and fit.c == pytest.approx(C, abs=1e-8)
+  assert fit.stderr < 1e-9 and fit.r2 == pytest.approx(1.0) and fit.dof == 3 and fit.n_points == 5
+  # Another base rescales alpha by ln(base) and leaves the line unchanged.
+  fit2 = scaling.fit_log_scaling(ns, [ALPHA * math.log(n) + C for n in ns], log_base="2")
+  assert fit2.alpha == pytest.approx(ALPHA * math.log(2)) and fit2.predict(5000) == pytest.approx(fit.predict(5000))
+
+
+def test_noisy_fit_recovers_planted_slope_within_its_stderr():
+  rng = np.random.default_rng(0)
+  ns, sigma = np.round(np.geomspace(100, 100_000, 40)), 3.0
+  y = ALPHA * np.log(ns) + C + rng.normal(0, sigma, ns.shape)
+  fit = scaling.fit_log_scaling(ns, y)
+  assert abs(fit.alpha - ALPHA) < 3 * fit.stderr
+  assert abs(fit.c - C) < 3 * fit.stderr_c
+  assert fit.stderr == pytest.approx(_analytic_stderr(ns, sigma), rel=0.25)  # s has ~11% sd at 38 dof
+  lo, hi = fit.interval
+  assert lo < ALPHA < hi and hi - lo == pytest.approx(2 * 2.0244 * fit.stderr, rel=1e-3)  # t(0.975, 38)
+
+
+def test_stderr_and_interval_are_calibrated():
+  # 2,000 noisy replicates of the paper's five sizes: the spread of alpha-hat is the analytic standard
+  # error and the 95% t-interval (3 dof) covers the planted alpha 95% of the time.
+  rng = np.random.default_rng(1)
+  ns, sigma, reps = np.array(scaling.PAPER_SIZES, dtype=float), 2.0, 2000
+  fits = [scaling.fit_log_scaling(ns, ALPHA * np.log(ns) + C + rng.normal(0, sigma, ns.shape)) for _ in range(reps)]
+  alphas = np.array([f.alpha for f in fits])
+  assert np.std(alphas) == pytest.approx(_analytic_stderr(ns, sigma), rel=0.05)
+  assert np.mean(alphas) == pytest.approx(ALPHA, abs=3 * _analytic_stderr(ns, sigma) / math.sqrt(reps))
+  coverage = np.mean([f.interval[0] <= ALPHA <= f.interval[1] for f in fits])
+  coverage_c = np.mean([f.c_interval[0] <= C <= f.c_interval[1] for f in fits])
+  assert 0.93 <= coverage <= 0.97 and 0.93 <= coverage_c <= 0.97
+
+
+def test_two_points_give_an_exact_line_with_undefined_uncertainty():
+  fit = scaling.fit_log_scaling([10, 100], [1.0, 3.0])
+  assert fit.alpha == pytest.approx(2 / math.log(10)) and fit.dof == 0
+  assert math.isnan(fit.stderr) and math.isnan(fit.interval[0])
+  d = fit.to_dict()
+  assert d["stderr"] is None and d["interval"] == [None, None]
+  json.dumps(d, allow_nan=False)  # valid JSON
+
+
+def test_fit_errors_name_the_problem():
+  with pytest.raises(ValueError, match="two distinct N"):
+    scaling.fit_log_scaling([100, 100], [1.0, 2.0])
+  with pytest.raises(ValueError, match="equal-length"):
+    scaling.fit_log_scaling([100, 200], [1.0])
+  with pytest.raises(ValueError, match="positive finite"):
+    scaling.fit_log_scaling([0, 200], [1.0, 2.0])
+  with pytest.raises(ValueError, match="log_base"):
+    scaling.fit_log_scaling([100, 200], [1.0, 2.0], log_base="3")
+
+
+# -------------------------------------------------------------------------------------------------- subsets
+def test_subsets_are_nested_deterministic_and_independent_of_file_order():
+  pool = [{"id": f"r{i:03d}"} for i in range(50)]
+  subs = scaling.nested_subsets(pool, [40, 10, 20], seed=0)
+  assert list(subs) == [10, 20, 40]
+  assert subs[20][:10] == subs[10] and subs[40][:20] == subs[20]
+  assert len({r["id"] for r in subs[40]}) == 40
+  assert scaling.nested_subsets(pool, [10, 20, 40], seed=0) == subs
+  assert scaling.nested_subsets(pool[::-1], [10, 20, 40], seed=0) == subs  # order of the file is irrelevant
+  assert scaling.nested_subsets(pool, [10], seed=1)[10] != subs[10]
+  assert [r["id"] for r in subs[40]] != [r["id"] for r in pool[:40]]  # shuffled, not the file's head
+  # Growing the pool keeps the old items' relative order.
+  grown = pool + [{"id": f"new{i}"} for i in range(20)]
+  old_ids = {r["id"] for r in pool}
+  assert [r for r in scaling.nested_subsets(grown, [70], seed=0)[70] if r["id"] in old_ids] == \
+    scaling.nested_subsets(pool, [50], seed=0)[50]
+  with pytest.raises(ValueError, match=r"between 1 and the 50 examples available, found \[60\]"):
+    scaling.nested_subsets(pool, [10, 60], seed=0)
+
+
+def test_scaling_config_is_checked_and_not_in_the_default_plan():
+  with pytest.raises(ConfigError, match="one step count per size"):
+    ScalingConfig(sizes=(10, 20), steps=(5,))
+  with pytest.raises(ConfigError, match="at least two sizes"):
+    ScalingConfig(sizes=(10,))
+  with pytest.raises(ConfigError, match="log_base"):
+    ScalingConfig(log_base="3")
+  cfg = tiny_config()
+  assert "scaling" not in [s.name for s in runner.plan(cfg)]  # `make demo` never runs it
+  assert "scaling" in runner.stage_names(cfg)
+
+
+# --------------------------------------------------------------------------------------- the stage, for real
+def _launch(workdir, cache, *flags) -> str:
+  # One CPU device and a compile cache shared by the two launches: the sizes then compile the train step and
+  # the sampler once (rows fixed below keep the train step's shapes equal across sizes).
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  cmd = [sys.executable, "launch/run.py", "--config=configs/tiny.py", f"--workdir={workdir}", *flags]
+  p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+  return p.stdout
+
+
+def test_scaling_stage_on_the_tiny_world(tmp_path, capsys):
+  wd, cache = tmp_path / "run", tmp_path / "xla"
+  # Test-only speed (compiling dominates): 128-token rows (half the compile time of tiny's 384; the few
+  # longer seed pairs are truncated), 8 of them per step whatever N (the planned default varies with N, and
+  # each shape compiles anew), and 4 held-out items in batches of 4 (fewer sampler shapes).
+  overrides = {"train.seq_len": 128, "train.rows_per_micro_batch": 8, "evaluate.max_items": 4, "evaluate.batch": 4}
+  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+  cfg = tiny_config(**overrides)
+  _launch(wd, cache, "--stage=prepare", *flags)
+  with pytest.raises(RuntimeError, match=r"stage 'scaling' needs \['curate_2'\] done first"):
+    runner.run(tiny_config(**{"scaling.data": "curated"}), wd, only="scaling")
+  # configs/tiny.py: sizes 4 and 12 of the seed pairs, 2 steps each; the README's command with tiny's config.
+  out = _launch(wd, cache, "--stage=scaling", *flags)
+  assert out.count("trained 2 steps") == 2 and "scaling: w = " in out
+
+  fit = json.loads((wd / "scaling/fit.json").read_text())
+  assert [p["n"] for p in fit["points"]] == [4, 12]
+  assert {"alpha", "c", "stderr", "stderr_c", "r2", "interval"} <= set(fit["fit"]) and fit["fit"]["dof"] == 0
+  assert all(0.0 <= p["score"] <= 100.0 for p in fit["points"])
+  assert fit["fit"]["alpha"] == pytest.approx(
+    scaling.fit_log_scaling([4, 12], [p["score"] for p in fit["points"]]).alpha)
+  assert (wd / "scaling/scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  subsets = {n: [json.loads(l)["id"] for l in (wd / f"scaling/n{n}/train.jsonl").read_text().splitlines()]
+             for n in (4, 12)}
+  assert subsets[12][:4] == subsets[4] and len(set(subsets[12])) == 12
+  for n in (4, 12):
+    model_json = json.loads((wd / f"models/scaling/n{n}/model.json").read_text())
+    assert model_json["extra"]["steps"] == 2 and (wd / f"scaling/n{n}/heldout.jsonl").exists()
+
+  # A finished stage is skipped whole; a changed size list is refused naming the key.
+  assert runner.run(cfg, wd, only="scaling").skipped == ["scaling"]
+  more = {"scaling.sizes": (4, 8, 12), "scaling.steps": (2, 2, 2)}
+  with pytest.raises(StageConfigChanged, match=r"stage 'scaling'.*scaling\.sizes.*--restart_from=scaling"):
+    runner.run(tiny_config(**overrides, **more), wd, only="scaling")
+  # --restart_from=scaling removes the fit and redoes the stage, but finished sizes whose spec is unchanged
+  # are reused: nothing retrains or re-evaluates, and the refit is the same.
+  stamps = {n: (wd / f"models/scaling/n{n}/model.json").stat().st_mtime_ns for n in (4, 12)}
+  results = {n: (wd / f"scaling/n{n}/result.json").read_bytes() for n in (4, 12)}
+  capsys.readouterr()
+  assert runner.run(cfg, wd, only="scaling", restart_from="scaling").ran == ["scaling"]
+  assert capsys.readouterr().out.count("(reused)") == 2
+  assert {n: (wd / f"models/scaling/n{n}/model.json").stat().st_mtime_ns for n in (4, 12)} == stamps
+  assert {n: (wd / f"scaling/n{n}/result.json").read_bytes() for n in (4, 12)} == results
+  assert json.loads((wd / "scaling/fit.json").read_text())["fit"] == fit["fit"]
+  assert Manifest(wd).is_done("scaling")
