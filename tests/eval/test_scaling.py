@@ -13,6 +13,7 @@ import pytest
 from hb_jax.config import ConfigError
 from hb_jax.eval import scaling
 from hb_jax.pipeline import runner
+from hb_jax.pipeline import scaling as pipeline_scaling
 from hb_jax.pipeline.config import ScalingConfig
 from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
 
@@ -113,6 +114,9 @@ def test_scaling_config_is_checked_and_not_in_the_default_plan():
   cfg = tiny_config()
   assert "scaling" not in [s.name for s in runner.plan(cfg)]  # `make demo` never runs it
   assert "scaling" in runner.stage_names(cfg)
+  # Without steps, each size gets the paper's steps (TrainConfig.steps_for holds the same table).
+  paper = tiny_config(**{"scaling.sizes": scaling.PAPER_SIZES, "scaling.steps": ()})
+  assert pipeline_scaling.size_steps(paper) == dict(zip(scaling.PAPER_SIZES, scaling.PAPER_STEPS))
 
 
 # --------------------------------------------------------------------------------------- the stage, for real
