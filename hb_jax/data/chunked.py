@@ -39,6 +39,11 @@ def chunk_path(parts: epath.Path, name: str, share: Share, chunk: int) -> epath.
 
 
 def my_chunks(inputs: Sequence[dict], share: Share, chunk_records: int) -> list[list[dict]]:
+  ids = [r["id"] for r in inputs]
+  if len(set(ids)) != len(ids):
+    dup = next(i for i in ids if ids.count(i) > 1)
+    raise ValueError(f"chunked: input ids must be unique (outputs are merged by id), found {dup!r} "
+                     f"{ids.count(dup)} times")
   mine = [r for r in inputs if records.shard_of(r["id"], share.count) == share.index]
   return [mine[i:i + chunk_records] for i in range(0, len(mine), chunk_records)]
 

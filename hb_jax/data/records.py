@@ -170,6 +170,12 @@ def read_pairs(path, strict: bool = True, stats: ReadStats | None = None) -> Ite
   return read_jsonl(path, PAIR_REQUIRED, strict, stats)
 
 
+def unique_by_id(recs: Iterable[dict]) -> list[dict]:
+  """The first record of each id, in input order (ids are content hashes: a repeat is the same record)."""
+  seen: set = set()
+  return [r for r in recs if not (r["id"] in seen or seen.add(r["id"]))]
+
+
 def dumps(record: dict) -> str:
   """One JSONL line without its newline. ensure_ascii=False keeps text readable and files small."""
   return json.dumps(record, ensure_ascii=False, separators=(",", ":"))

@@ -273,8 +273,11 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
     truth[seg["id"]] = {"kind": kind, "family": t.family, "instruction": t.instruction, "key": t.key,
                         "args": list(t.args)}
 
-  held = [{"id": records.content_id("heldout", t.instruction), "family": t.family, "instruction": t.instruction,
-           "key": t.key, "args": list(t.args)} for t in heldout]
+  # One item per distinct instruction: the capital family can draw a country twice, and a repeated id would
+  # count that item twice in every accuracy.
+  held = records.unique_by_id(
+      {"id": records.content_id("heldout", t.instruction), "family": t.family, "instruction": t.instruction,
+       "key": t.key, "args": list(t.args)} for t in heldout)
   return World(cfg, caps, seed, pool, truth, held, _pretrain_text(cfg, caps, heldout_args))
 
 

@@ -124,6 +124,7 @@ def _prepare_files(ctx: Context) -> dict[str, str]:
     if inp.heldout_jsonl:
       held = [{"id": r.get("id") or records.content_id("heldout", r["instruction"]), "instruction": r["instruction"]}
               for r in records.read_jsonl(inp.heldout_jsonl, ("instruction",))]
+      held = records.unique_by_id(held)
       records.write_jsonl(ctx.path("data/heldout.jsonl"), held)
   ctx.barrier("prepare")
   if not checkpoint.is_model_folder(inp.base_model):

@@ -125,3 +125,10 @@ def test_world_truth_and_checker():
   assert synthetic.check(cap, f"The capital is {cap['key']}.", w.capitals)
   assert not synthetic.check(cap, f"It is {cap['key']} or {other}.", w.capitals)
   assert synthetic.build_world(synthetic.WorldConfig(pool_size=200, pretrain_docs=20)).pool == w.pool
+
+
+def test_bulk_refuses_duplicate_input_ids(tmp_path):
+  # Outputs are merged by input id: a repeated id would be written once per copy, squared.
+  inputs = [{"id": "a"}, {"id": "b"}, {"id": "a"}]
+  with pytest.raises(ValueError, match="input ids must be unique.*'a' 2 times"):
+    chunked.run(inputs, tmp_path / "p", "x", _fn, chunk_records=2, progress=False)
