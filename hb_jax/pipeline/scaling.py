@@ -36,7 +36,7 @@ from etils import epath
 
 from hb_jax import checkpoint
 from hb_jax.config import ConfigError
-from hb_jax.data import chunked, prompts, records
+from hb_jax.data import records
 from hb_jax.eval import scaling as fitlib
 from hb_jax.pipeline.config import PipelineConfig, section
 from hb_jax.pipeline.manifest import diff_keys, file_hash, stable_hash
@@ -164,29 +164,11 @@ def generate_answers(ctx, model_dir: epath.Path, held: list[dict], tag_mode: str
   stage), sharded over processes and committed in chunks under out_dir/parts; returns the merged rows on
   process 0 (others: [])."""
   from hb_jax import api
-  from hb_jax.config import SampleConfig
-  e = ctx.cfg.evaluate
+  from hb_jax.pipeline import stages
   lm = api.load(model_dir, mesh=ctx.inference_mesh())
-  tok = lm.tokenizer
-  scfg = SampleConfig(temperature=0.0, max_new_tokens=e.max_new_tokens, max_batch=e.batch)
-  tag = prompts.tag_for(None, tag_mode, ctx.style)
-  name = _rel(ctx, model_dir)
-
-  def encode(h: dict) -> list[int]:
-    return tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True)
-
-  def fn(chunk: list[dict], ids: list[list[int]]) -> list[dict]:
-    outs = lm.generate(ids, e.max_new_tokens, temperature=0.0, config=scfg)
-    return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": name}
-            for h, g in zip(chunk, outs)]
-
-  chunked.run(held, out_dir / "parts", "heldout", fn, encode=encode, share=ctx.share, chunk_records=256,
-              desc=f"scaling evaluate {model_dir.name}", progress=ctx.cfg.progress)
-  ctx.barrier(f"scaling-eval-{model_dir.name}")
   out = out_dir / "heldout.jsonl"
-  if ctx.is_writer:
-    chunked.merge(held, out_dir / "parts", "heldout", out, "id", process_count=ctx.share.count, chunk_records=256)
-  ctx.barrier(f"scaling-eval-{model_dir.name}-merged")
+  stages.heldout_answers(ctx, lm, held, tag_mode, out_dir / "parts", "heldout", out, model=_rel(ctx, model_dir),
+                         desc=f"scaling evaluate {model_dir.name}", barrier=f"scaling-eval-{model_dir.name}")
   return list(records.read_jsonl(out)) if ctx.is_writer else []
 
 

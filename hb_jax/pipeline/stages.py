@@ -389,34 +389,41 @@ def evaluate(ctx: Context) -> dict[str, str]:
   outs = {}
   for key, name in eval_models(ctx).items():
     lm = ctx.load(name)
-    tok = lm.tokenizer
-    from hb_jax.config import SampleConfig
-    scfg = SampleConfig(temperature=0.0, max_new_tokens=e.max_new_tokens, max_batch=e.batch)
-
     # "both" tags is the paper's inference setting for models trained on seed + augmented data; the
     # seed-only model never saw the web-search tag, so it is asked in the one format it was trained on.
     model_tag_mode = "seed" if (key == "seed_only" and tag_mode == "both") else tag_mode
-
-    tag = prompts.tag_for(None, model_tag_mode, ctx.style)
-
-    def encode(h, tok=tok, tag=tag):
-      return tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True)
-
-    def fn(chunk, ids, lm=lm, tok=tok):
-      gens = lm.generate(ids, e.max_new_tokens, temperature=0.0, config=scfg)
-      return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": name}
-              for h, g in zip(chunk, gens)]
-
-    chunked.run(held, ctx.path("evaluate/parts"), key, fn, encode=encode, share=ctx.share, chunk_records=256,
-                desc=f"evaluate {key}", progress=ctx.cfg.progress)
-    ctx.barrier(f"evaluate-{key}")
     out = ctx.path(f"evaluate/{key}.jsonl")
-    if ctx.is_writer:
-      chunked.merge(held, ctx.path("evaluate/parts"), key, out, "id", process_count=ctx.share.count, chunk_records=256)
-    ctx.barrier(f"evaluate-{key}-merged")
+    heldout_answers(ctx, lm, held, model_tag_mode, ctx.path("evaluate/parts"), key, out, model=name,
+                    desc=f"evaluate {key}", barrier=f"evaluate-{key}")
     outs[f"evaluate/{key}.jsonl"] = file_hash(out)
     del lm
   return outs
+
+
+def heldout_answers(ctx: Context, lm, held: list[dict], tag_mode: str, parts: epath.Path, name: str,
+                    out: epath.Path, *, model: str, desc: str, barrier: str) -> None:
+  """Greedy answers of `lm` to `held` (the forward prompt with `tag_mode`'s tag, the evaluate settings),
+  sharded over processes and committed in chunks `parts/<name>-*`; process 0 merges them into `out`."""
+  from hb_jax.config import SampleConfig
+  e = ctx.cfg.evaluate
+  tok = lm.tokenizer
+  scfg = SampleConfig(temperature=0.0, max_new_tokens=e.max_new_tokens, max_batch=e.batch)
+  tag = prompts.tag_for(None, tag_mode, ctx.style)
+
+  def encode(h: dict) -> list[int]:
+    return tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True)
+
+  def fn(chunk: list[dict], ids: list[list[int]]) -> list[dict]:
+    gens = lm.generate(ids, e.max_new_tokens, temperature=0.0, config=scfg)
+    return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": model}
+            for h, g in zip(chunk, gens)]
+
+  chunked.run(held, parts, name, fn, encode=encode, share=ctx.share, chunk_records=256, desc=desc,
+              progress=ctx.cfg.progress)
+  ctx.barrier(barrier)
+  if ctx.is_writer:
+    chunked.merge(held, parts, name, out, "id", process_count=ctx.share.count, chunk_records=256)
+  ctx.barrier(f"{barrier}-merged")
 
 
 # ----------------------------------------------------------------------------------------------------- report

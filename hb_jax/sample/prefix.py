@@ -16,9 +16,22 @@ import jax
 import numpy as np
 
 from hb_jax.model.kv_cache import KVCache
+from hb_jax.sample import plan
 
 
 PREFIX_ALIGN = 64
+
+
+def prefix_length(seqs: Sequence[Sequence[int]], prefix: int | str | None, min_tokens: int) -> int:
+  """How many leading tokens to run once: 'auto' takes the sequences' common prefix when it is at least
+  `min_tokens` long (each sequence keeps >= 1 token of its own); an int forces that length (checked);
+  None or 0 turns reuse off."""
+  if prefix == "auto":
+    return plan.shared_prefix(seqs, min_tokens)
+  n = int(prefix or 0)
+  if n and (plan.common_prefix_length(seqs) < n or min(map(len, seqs)) <= n):
+    raise ValueError(f"prefix={n}: every sequence must start with the same {n} tokens and have at least one more")
+  return n
 
 
 def padded_prefix(prefix: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

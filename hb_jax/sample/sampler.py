@@ -316,13 +316,7 @@ class Sampler:
     spec = DecodeSpec(sampling, max_new, min(cfg.chunk_steps, max_new))
     rule = StopRule.make(eos, stops)
 
-    if prefix == "auto":
-      p_len = plan.shared_prefix(prompts, cfg.prefix_min_tokens)
-    else:
-      p_len = int(prefix or 0)
-      if p_len and (plan.common_prefix_length(prompts) < p_len or min(map(len, prompts)) <= p_len):
-        raise ValueError(f"prefix={p_len}: every prompt must start with the same {p_len} tokens and have "
-                         "at least one more")
+    p_len = prefix_kv.prefix_length(prompts, prefix, cfg.prefix_min_tokens)
     prefix_cache = None
     if p_len:
       prefix_cache = self.prefill_prefix(prompts[0][:p_len])

@@ -7,9 +7,9 @@ rating digits "1".."5" after "Score:"), which curation turns into an expected ra
 Sequences are right-padded with segment id 0 (never attended, never scored), grouped by length bucket and
 batched in powers of two, so a corpus compiles a handful of programs. The vocabulary projection runs
 `score_block` positions at a time, so a [batch, length, vocab] logits tensor never exists at once.
-A prefix every context shares (the curation rubric: ~450 of a rating prompt's ~600 tokens) is run once; each
-batch starts from its KV (hb_jax.sample.prefix), so only the rows' own tokens are computed, and they fall
-in a shorter length bucket, which also cuts the quadratic attention term.
+A prefix every context shares (the curation rubric, most of a rating prompt) is run once and every row
+attends to its KV (hb_jax.sample.prefix), so only the rows' own tokens are computed, and they fall in a
+shorter length bucket, which also cuts the quadratic attention term.
 """
 from __future__ import annotations
 
@@ -116,13 +116,7 @@ class Scorer:
   def _shared_prefix(self, contexts: Sequence[np.ndarray], prefix: int | str | None):
     """(prefix KV or None, its length): 'auto' reuses the contexts' common prefix when it is at least
     config.prefix_min_tokens long (each context keeps >= 1 token of its own); an int forces a length."""
-    if prefix == "auto":
-      n = plan.shared_prefix(contexts, self.config.prefix_min_tokens)
-    else:
-      n = int(prefix or 0)
-      if n and (plan.common_prefix_length(contexts) < n or min(map(len, contexts)) <= n):
-        raise ValueError(f"prefix={n}: every context must start with the same {n} tokens and have at least "
-                         "one more")
+    n = prefix_kv.prefix_length(contexts, prefix, self.config.prefix_min_tokens)
     if not n:
       return None, 0
     arrays = prefix_kv.padded_prefix(contexts[0][:n])
