@@ -56,7 +56,11 @@ _REASONS = {
 class WorldConfig:
   seed: int = 0
   num_countries: int = 30
-  seed_per_family: int = 6  # human seed pairs per task family
+  seed_per_family: int = 6  # human seed pairs per task family in seed_families
+  # The families the human seed covers (its pairs and judging demonstrations). The pool and the held-out set
+  # always span every family: a seed that covers part of what the web holds is the paper's setting (3,200
+  # OASST pairs against ClueWeb), and held-out families outside the seed measure what backtranslation adds.
+  seed_families: tuple[str, ...] = FAMILIES
   rating_demos: int = 60  # judging demonstrations in the seed
   pool_size: int = 900
   good_fraction: float = 0.35  # the rest is noise, spread evenly over NOISE_KINDS
@@ -69,6 +73,8 @@ class WorldConfig:
     for k in ("num_countries", "pool_size", "pretrain_docs"):
       if getattr(self, k) <= 0:
         raise ValueError(f"world.{k} must be positive, found {getattr(self, k)}")
+    if not self.seed_families or set(self.seed_families) - set(FAMILIES):
+      raise ValueError(f"world.seed_families must be a non-empty subset of {FAMILIES}, found {self.seed_families}")
     if self.num_countries > len(_SYLLABLES) ** 2:
       raise ValueError(f"world.num_countries must be <= {len(_SYLLABLES) ** 2}, found {self.num_countries}")
 
@@ -236,7 +242,7 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
 
   seed: list[dict] = []
   seen_seed: set[str] = set()
-  for fam in FAMILIES:
+  for fam in cfg.seed_families:
     while sum(r.get("_family") == fam for r in seed) < cfg.seed_per_family:
       t = fresh(fam)
       rec = records.make_pair(t.instruction, t.answer, "seed")
@@ -246,7 +252,7 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
   kinds = (GOOD,) + NOISE_KINDS
   for i in range(cfg.rating_demos):
     kind = kinds[i % len(kinds)]
-    t = fresh(rng.choice(FAMILIES))
+    t = fresh(rng.choice(cfg.seed_families))
     text = _segment_text(rng, kind, t, caps)
     reason, score = _REASONS[kind]
     rec = records.make_pair(curation_header + f"{t.instruction}\n{text}",
@@ -262,8 +268,12 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
   plan = [GOOD] * n_good + [NOISE_KINDS[i % len(NOISE_KINDS)] for i in range(cfg.pool_size - n_good)]
   rng.shuffle(plan)
   for kind in plan:
-    for _ in range(100):  # identical texts collapse to one id; draw again
-      t = fresh(rng.choice(FAMILIES))
+    # The family is drawn once per segment, so every family gets its share of the pool even when it has
+    # few distinct texts (a good capital segment is one sentence per country); identical texts collapse to
+    # one id, so a repeat draws again within the family.
+    fam = rng.choice(FAMILIES)
+    for _ in range(100):
+      t = fresh(fam)
       seg = records.make_segment(_segment_text(rng, kind, t, caps), "synthetic-web")
       if seg["id"] not in truth:
         break
@@ -281,26 +291,35 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
   return World(cfg, caps, seed, pool, truth, held, _pretrain_text(cfg, caps, heldout_args))
 
 
+# Page layouts of the FAQ (question first) and quiz (answer first) pretraining documents.
+_QA_LAYOUTS = ("Question: {q} Answer: {a}", "Q: {q}\nA: {a}\n", "{q}\n{a}\n", "Someone asked: {q} Reply: {a}",
+               "<question>{q}</question> <answer>{a}</answer>", "- {q}\n  {a}\n", "FAQ. {q} -- {a}")
+_AQ_LAYOUTS = ("Answer: {a} Question: {q}", "A: {a}\nQ: {q}\n", "{a}\nThis answers: {q}\n",
+               "Reply: {a} Someone asked: {q}", "<answer>{a}</answer> <question>{q}</question>",
+               "- {a}\n  asked as: {q}\n", "Quiz. {a} -- the question was: {q}")
+
+
 def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
   """Documents the base model reads: facts in prose, worked examples, and web chatter (no pool text)."""
   rng = random.Random(f"pretrain-{cfg.seed}")
   docs = []
   countries = sorted(caps)
   for i in range(cfg.pretrain_docs):
-    kind = i % 7
-    if kind == 6:
-      # FAQ and quiz pages: the world's questions beside their answers, in both orders. They give the base
-      # model the copying skill (names and numbers between question and answer) that backtranslation needs,
-      # as web pretraining gives LLaMA; the chat format, tags and answering on request come from finetuning.
+    kind = i % 8
+    if kind >= 6:
+      # FAQ and quiz pages: the world's questions beside their answers, in both orders and in many layouts.
+      # They give the base model the copying skill (names and numbers between question and answer) that
+      # backtranslation needs, as web pretraining gives LLaMA; the layouts vary so that the skill does not
+      # hang on one template (a model that copies only after "Answer:" cannot copy after "[/INST]"). The
+      # chat format, tags and answering on request come from finetuning.
       tasks = []
       while len(tasks) < 3:
         t = _MAKERS[rng.choice(FAMILIES)](rng, caps)
         if (t.family, t.args) not in exclude:  # held-out instances stay unseen as Q/A text
           tasks.append(t)
-      if i % 2:
-        docs.append(" ".join(f"Question: {t.instruction} Answer: {t.answer}" for t in tasks))
-      else:  # quiz pages give the answer first: the order backtranslation reads
-        docs.append(" ".join(f"Answer: {t.answer} Question: {t.instruction}" for t in tasks))
+      layouts = _QA_LAYOUTS if kind == 6 else _AQ_LAYOUTS  # quiz pages give the answer first
+      layout = rng.choice(layouts)
+      docs.append(" ".join(layout.format(q=t.instruction, a=t.answer) for t in tasks))
       continue
     if kind == 0:
       cs = rng.sample(countries, 3)

@@ -30,6 +30,7 @@ class InputsConfig:
   world_seed: int = 0
   num_countries: int = 30
   seed_per_family: int = 6
+  seed_families: tuple[str, ...] = ("capital", "add", "convert", "reverse")  # see synthetic.WorldConfig
   rating_demos: int = 60
   pool_size: int = 900
   good_fraction: float = 0.35
@@ -37,6 +38,7 @@ class InputsConfig:
   pretrain_docs: int = 3000
 
   def __post_init__(self):
+    object.__setattr__(self, "seed_families", tuple(self.seed_families))
     if self.kind not in ("synthetic", "files"):
       raise ConfigError(f"inputs.kind must be synthetic|files, found {self.kind!r}")
     if self.kind == "files":

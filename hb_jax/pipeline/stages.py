@@ -144,8 +144,9 @@ def _world_config(ctx: Context):
   from hb_jax.data.synthetic import WorldConfig
   i = ctx.cfg.inputs
   return WorldConfig(seed=i.world_seed, num_countries=i.num_countries, seed_per_family=i.seed_per_family,
-                     rating_demos=i.rating_demos, pool_size=i.pool_size, good_fraction=i.good_fraction,
-                     heldout_per_family=i.heldout_per_family, pretrain_docs=i.pretrain_docs)
+                     seed_families=i.seed_families, rating_demos=i.rating_demos, pool_size=i.pool_size,
+                     good_fraction=i.good_fraction, heldout_per_family=i.heldout_per_family,
+                     pretrain_docs=i.pretrain_docs)
 
 
 def _prepare_synthetic(ctx: Context) -> dict[str, str]:

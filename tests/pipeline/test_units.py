@@ -1,5 +1,6 @@
 """Fast tests of the pipeline's pure parts: config validation, manifest refusal, chunked bulk work with resume
 and sharded merge, curation rules, the demo world and its checker."""
+import collections
 import json
 import os
 
@@ -126,6 +127,23 @@ def test_world_truth_and_checker():
   assert not synthetic.check(cap, f"It is {cap['key']} or {other}.", w.capitals)
   assert synthetic.build_world(synthetic.WorldConfig(pool_size=200, pretrain_docs=20)).pool == w.pool
 
+
+
+def test_world_pool_spans_families_and_seed_families_limits_the_seed():
+  w = synthetic.build_world(synthetic.WorldConfig(pool_size=400, pretrain_docs=16, seed_families=("capital", "add")))
+  good = collections.Counter(t["family"] for t in w.truth.values() if t["kind"] == "good")
+  # Every family gets its share of good segments, even capital with one good sentence per country.
+  assert set(good) == set(synthetic.FAMILIES) and min(good.values()) >= 0.15 * sum(good.values()), good
+  # A judging demonstration's instruction ends with the rated pair: the task line, then the candidate.
+  asked = [r["instruction"].split("\n")[-2] if r["output"].startswith("Score:") else r["instruction"] for r in w.seed]
+  assert {synthetic.parse_instruction(a)[0] for a in asked} == {"capital", "add"}
+  assert {h["family"] for h in w.heldout} == set(synthetic.FAMILIES)  # held-out spans every family
+  with pytest.raises(ValueError, match="seed_families"):
+    synthetic.WorldConfig(seed_families=("capital", "poetry"))
+  # Pretraining pages lay the world's Q/A pairs out in several formats, in both orders.
+  qa = [d for d in synthetic.build_world(synthetic.WorldConfig(pool_size=50, pretrain_docs=400)).pretrain
+        if any(f in d for f in ("capital of", "plus", "kilometers", "words")) and ("?" in d or "." in d)]
+  assert len({d.split(" ", 1)[0] for d in qa}) >= 8
 
 def test_bulk_refuses_duplicate_input_ids(tmp_path):
   # Outputs are merged by input id: a repeated id would be written once per copy, squared.
