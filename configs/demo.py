@@ -4,8 +4,13 @@ on CPU, then the whole method on it. What `python launch/run.py` and `make demo`
 The world is sized for what a 1M-parameter model can learn on 2 cores: the base reads 30,000 generated
 documents (1,000 steps), and the seed has 24 pairs per task family. With 4 per family the backward model
 memorised its few targets and copied no country or number from the segment (~2% of good segments got the
-right question); with 24 it gets ~40% (measured on this world). Reversing three words stays beyond these
-models and is reported as such.
+right question); with 24 pairs and 200 steps at lr 1e-3 it gets 95% of capitals, 90% of additions and 38% of
+conversions right (measured on this world). Reversing three words stays beyond these models.
+
+Held-out answers are generated with the seed tag (`evaluate.tag_mode="seed"`), the prompt the seed-only
+model was trained on, for every model. The paper's best setting appends both tags, but a model this small
+never saw the two sentences together and answers them with one memorised line (measured: M1 0.03 with
+both tags, 0.27 with the seed tag, 0.24 with the web tag).
 
 Settings differ from the paper where a 1M-parameter model needs it: augment temperature 0.5 (its
 distributions are flatter than a 7B model's), learning rates ~100x higher, no dropout,
@@ -33,14 +38,14 @@ def get_config():
                   rating_demos=40, pool_size=900, good_fraction=0.35,
                   heldout_per_family=40, pretrain_docs=30000)
   c.base = dict(preset="demo", vocab_size=1024, train=train_cfg(1000, 3e-3, batch=32, seq_len=128))
-  c.backward = train_cfg(100, 2e-3, direction="backward")
+  c.backward = train_cfg(200, 1e-3, direction="backward")
   c.train = train_cfg(120, 2e-3)
   c.augment = dict(temperature=0.5, top_p=0.9, max_new_tokens=24, batch=64, chunk_records=256, seed=0)
   c.curate = dict(method="likelihood", k=5.0, iterations=2, compare=("generate", "digits", "likelihood"),
                   generate_sample=128, temperature=0.7, top_p=0.9, max_new_tokens=16, batch=64,
                   chunk_records=256, header="compact", seed=0)
   c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)
-  c.evaluate = dict(max_new_tokens=24, batch=64, tag_mode="both", max_items=0)
+  c.evaluate = dict(max_new_tokens=24, batch=64, tag_mode="seed", max_items=0)
   # `--stage=scaling` (after a run): the demo's A5 set alone is ~28 pairs, so the subsets are drawn from the
   # seed plus A5 of the last iteration (the data M2 trains on); steps grow with N as in the paper's table.
   c.scaling = dict(sizes=(14, 28, 56, 112), steps=(60, 80, 100, 120), data="curated+seed", iteration=0, seed=0,

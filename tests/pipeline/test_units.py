@@ -145,6 +145,7 @@ def test_world_pool_spans_families_and_seed_families_limits_the_seed():
         if any(f in d for f in ("capital of", "plus", "kilometers", "words")) and ("?" in d or "." in d)]
   assert len({d.split(" ", 1)[0] for d in qa}) >= 8
 
+
 def test_bulk_refuses_duplicate_input_ids(tmp_path):
   # Outputs are merged by input id: a repeated id would be written once per copy, squared.
   inputs = [{"id": "a"}, {"id": "b"}, {"id": "a"}]
