@@ -1,7 +1,7 @@
 """Train-step throughput: hb_jax (jitted sharded step, AdamW, clipping) vs transformers LlamaForCausalLM +
 torch AdamW, same model, batch and precision, in one process; MFU against a measured square matmul rate.
 
-    python bench/run.py train [--steps 5] [--batch 8] [--seq 256] [--matmul 2048] [--no-reference]
+    python bench/run.py train [--steps 6] [--rounds 2] [--batch 8] [--seq 256] [--matmul 2048] [--no-reference]
 
 Both sides: fp32, loss on every token, dropout off, global-norm clipping at 1.0, AdamW(0.9, 0.95, wd 0.1).
 tokens/s counts batch x seq tokens per step; MFU = 6 x non-embedding params + causal attention FLOPs per
@@ -37,7 +37,7 @@ def matmul_fns(n: int) -> dict[str, callable]:
   return out
 
 
-def setup_ours(batch: int, seq: int):
+def setup_ours(batch: int, seq: int, scan_unroll: int = 1):
   """(one-step closure, info) for the hb_jax train step, compiled and warm-started."""
   import jax
 
@@ -46,7 +46,7 @@ def setup_ours(batch: int, seq: int):
   from hb_jax.parallel import make_mesh, MeshConfig
   from hb_jax.train import step as step_lib
 
-  cfg = ModelConfig(**CONFIG_58M, dtype="float32")
+  cfg = ModelConfig(**CONFIG_58M, dtype="float32", scan_unroll=scan_unroll)
   tc = TrainConfig(learning_rate=1e-5, end_learning_rate=9e-6, dropout_rate=0.0)
   mesh = make_mesh(MeshConfig(1, -1, 1))
   tx, sched = step_lib.make_optimizer(tc, 1000)
@@ -106,7 +106,10 @@ def setup_torch(batch: int, seq: int):
 
 def main(argv: list[str]) -> dict:
   parser = argparse.ArgumentParser(prog="bench/run.py train")
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=6, help="timed steps per contender, over all rounds")
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--scan_unroll", type=int, default=CONFIG_58M["num_layers"],
+                      help="ModelConfig.scan_unroll (default: all 8 layers unrolled; 1 = the rolled scan)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=256)
   parser.add_argument("--matmul", type=int, default=2048)
@@ -114,24 +117,28 @@ def main(argv: list[str]) -> dict:
   args = parser.parse_args(argv)
 
   import jax
-  # The contenders run interleaved (ours, torch, matmul, ours, ...) and report medians, so a neighbour's
-  # load on this shared machine slows all three alike instead of skewing the ratio.
-  fns = {"ours": setup_ours(args.batch, args.seq)}
+  # The contenders run in alternating blocks (ours x steps, torch x steps, matmuls, then again for
+  # --rounds rounds) and report medians, so a neighbour's load on this shared machine slows all of them
+  # alike. Each block starts with one untimed step: the first XLA step right after torch has run took
+  # 1.2-1.5 s longer than the steady state here (4.9 s), and a training loop never pays that.
+  fns = {"ours": setup_ours(args.batch, args.seq, args.scan_unroll)}
   if args.reference:
     fns["reference"] = setup_torch(args.batch, args.seq)
   mm = matmul_fns(args.matmul)
   times = {k: [] for k in list(fns) + [f"matmul_{k}" for k in mm]}
-  for r in range(args.steps + 2):
+  per_round = max(1, -(-args.steps // args.rounds))
+  for _ in range(args.rounds):
     for k, (fn, _) in fns.items():
-      t = time.perf_counter()
       fn()
-      if r >= 2:
+      for _ in range(per_round):
+        t = time.perf_counter()
+        fn()
         times[k].append(time.perf_counter() - t)
     for k, fn in mm.items():
       fn()
-      t = time.perf_counter()
-      fn()
-      if r >= 2:
+      for _ in range(3):
+        t = time.perf_counter()
+        fn()
         times[f"matmul_{k}"].append(time.perf_counter() - t)
   med = {k: float(np.median(v)) for k, v in times.items()}
   tokens = args.batch * args.seq
@@ -155,6 +162,7 @@ def main(argv: list[str]) -> dict:
   return {"ours": round(ours["tokens_per_s"], 2), "reference": round(ref["tokens_per_s"], 2) if ref else None,
           "ratio": round(ratio, 3), "unit": "tokens/s", "mfu": round(mfu, 4),
           "matmul_gflops": {k: round(v / 1e9, 2) for k, v in peak.items()},
-          "batch": args.batch, "seq": args.seq, "steps": args.steps, "dtype": "float32",
+          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rounds": args.rounds, "scan_unroll": args.scan_unroll,
+          "dtype": "float32",
           "model": "58M (vocab 32000, d 512, 8 layers, 8 heads, ffn 1408)",
           "devices": f"{jax.device_count()} {jax.default_backend()}", "cores": os.cpu_count()}

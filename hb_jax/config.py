@@ -70,6 +70,10 @@ class ModelConfig:
   # Training-only knobs (no effect when deterministic=True).
   dropout_rate: float = 0.0
   remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+  # Layers per iteration of the scanned layer loop (training and scoring): 1 compiles one layer body, which
+  # keeps compile time flat for 80-layer models; num_layers unrolls it, which on CPU saved 8% of a 58M
+  # train step (XLA:CPU copies each layer's weights and saved activations in and out of the scan).
+  scan_unroll: int = 1
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -97,6 +101,8 @@ class ModelConfig:
       raise ConfigError(f"model.param_dtype must be one of {DTYPES}, found {self.param_dtype!r}")
     if self.dtype not in DTYPES + ("auto",):
       raise ConfigError(f"model.dtype must be one of {DTYPES + ('auto',)}, found {self.dtype!r}")
+    if self.scan_unroll < 1:
+      raise ConfigError(f"model.scan_unroll must be >= 1, found {self.scan_unroll}")
     if self.remat not in ("none", "full", "dots"):
       raise ConfigError(f"model.remat must be none|full|dots, found {self.remat!r}")
     if not 0.0 <= self.dropout_rate < 1.0:

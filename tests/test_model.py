@@ -198,6 +198,23 @@ def test_dropout_only_with_a_key_and_remat_keeps_gradients():
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.max(np.abs(b))))
 
 
+
+def test_unrolled_scan_keeps_logits_and_gradients():
+  # ModelConfig.scan_unroll only changes how XLA lays out the layer loop, never the math.
+  x = _tokens(2, 8)
+
+  def loss(model):
+    return jnp.mean(model(x)[0] ** 2)
+
+  rolled = Llama(CFG, rngs=nnx.Rngs(0))
+  unrolled = Llama(dataclasses.replace(CFG, scan_unroll=CFG.num_layers), rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(unrolled(x)[0], rolled(x)[0], rtol=0, atol=1e-5)
+  grads = nnx.jit(nnx.grad(loss))
+  for a, b in zip(jax.tree.leaves(grads(unrolled)), jax.tree.leaves(grads(rolled))):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.max(np.abs(b))))
+  with pytest.raises(ConfigError, match="scan_unroll"):
+    dataclasses.replace(CFG, scan_unroll=0)
+
 def test_tied_embeddings_have_no_head():
   m = Llama(dataclasses.replace(CFG, tie_word_embeddings=True), rngs=nnx.Rngs(0))
   assert not hasattr(m, "lm_head")

@@ -352,7 +352,8 @@ class Llama(nnx.Module):
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
     # The prefix is read-only, so its per-layer slices ([kv_heads, P, head_dim], batch 1 dropped) ride in xs.
     prefix_kv = None if prefix is None else (prefix.k[:, 0], prefix.v[:, 0])
-    (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys, prefix_kv))
+    (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys, prefix_kv),
+                                    unroll=min(cfg.scan_unroll, cfg.num_layers))
     return x, cache_kv
 
   def project(self, h: Array) -> Array:
