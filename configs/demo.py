@@ -46,7 +46,7 @@ def get_config():
                   chunk_records=256, header="compact", seed=0)
   c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)
   c.evaluate = dict(max_new_tokens=24, batch=64, tag_mode="seed", max_items=0)
-  # `--stage=scaling` (after a run): the demo's A5 set alone is ~28 pairs, so the subsets are drawn from the
+  # `--stage=scaling` (after a run): the demo's A5 set alone is ~96 pairs, so the subsets are drawn from the
   # seed plus A5 of the last iteration (the data M2 trains on); steps grow with N as in the paper's table.
   c.scaling = dict(sizes=(14, 28, 56, 112), steps=(60, 80, 100, 120), data="curated+seed", iteration=0, seed=0,
                    log_base="e", confidence=0.95)
