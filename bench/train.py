@@ -162,7 +162,7 @@ def main(argv: list[str]) -> dict:
   return {"ours": round(ours["tokens_per_s"], 2), "reference": round(ref["tokens_per_s"], 2) if ref else None,
           "ratio": round(ratio, 3), "unit": "tokens/s", "mfu": round(mfu, 4),
           "matmul_gflops": {k: round(v / 1e9, 2) for k, v in peak.items()},
-          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rounds": args.rounds, "scan_unroll": args.scan_unroll,
-          "dtype": "float32",
+          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rounds": args.rounds,
+          "scan_unroll": args.scan_unroll, "dtype": "float32",
           "model": "58M (vocab 32000, d 512, 8 layers, 8 heads, ffn 1408)",
           "devices": f"{jax.device_count()} {jax.default_backend()}", "cores": os.cpu_count()}

@@ -71,8 +71,8 @@ class ModelConfig:
   dropout_rate: float = 0.0
   remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
   # Layers per iteration of the scanned layer loop (training and scoring): 1 compiles one layer body, which
-  # keeps compile time flat for 80-layer models; num_layers unrolls it, which on CPU saved 8% of a 58M
-  # train step (XLA:CPU copies each layer's weights and saved activations in and out of the scan).
+  # keeps compile time flat for 80-layer models; num_layers unrolls it, which saved 8% of a 58M-parameter
+  # train step on CPU (bench/train.py).
   scan_unroll: int = 1
 
   def __post_init__(self):

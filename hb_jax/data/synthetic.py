@@ -59,7 +59,9 @@ class WorldConfig:
   seed_per_family: int = 6  # human seed pairs per task family in seed_families
   # The families the human seed covers (its pairs and judging demonstrations). The pool and the held-out set
   # always span every family: a seed that covers part of what the web holds is the paper's setting (3,200
-  # OASST pairs against ClueWeb), and held-out families outside the seed measure what backtranslation adds.
+  # OASST pairs against ClueWeb), and held-out families outside the seed measure what backtranslation adds
+  # (the demo's 1M-parameter backward model does not carry the seed's families over to others: see
+  # docs/pipeline.md).
   seed_families: tuple[str, ...] = FAMILIES
   rating_demos: int = 60  # judging demonstrations in the seed
   pool_size: int = 900
