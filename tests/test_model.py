@@ -198,7 +198,6 @@ def test_dropout_only_with_a_key_and_remat_keeps_gradients():
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.max(np.abs(b))))
 
 
-
 def test_unrolled_scan_keeps_logits_and_gradients():
   # ModelConfig.scan_unroll only changes how XLA lays out the layer loop, never the math.
   x = _tokens(2, 8)
@@ -214,6 +213,7 @@ def test_unrolled_scan_keeps_logits_and_gradients():
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.max(np.abs(b))))
   with pytest.raises(ConfigError, match="scan_unroll"):
     dataclasses.replace(CFG, scan_unroll=0)
+
 
 def test_tied_embeddings_have_no_head():
   m = Llama(dataclasses.replace(CFG, tie_word_embeddings=True), rngs=nnx.Rngs(0))
