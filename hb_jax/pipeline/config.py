@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from hb_jax.config import ConfigError, MeshConfig, TrainConfig
+from hb_jax.data.synthetic import FAMILIES
 from hb_jax.eval.scaling import LOG_BASES, PAPER_SIZES
 
 CURATION_METHODS = ("generate", "digits", "likelihood")
@@ -30,7 +31,7 @@ class InputsConfig:
   world_seed: int = 0
   num_countries: int = 30
   seed_per_family: int = 6
-  seed_families: tuple[str, ...] = ("capital", "add", "convert", "reverse")  # see synthetic.WorldConfig
+  seed_families: tuple[str, ...] = FAMILIES  # see synthetic.WorldConfig
   rating_demos: int = 60
   pool_size: int = 900
   good_fraction: float = 0.35
