@@ -300,6 +300,12 @@ _AQ_LAYOUTS = ("Answer: {a} Question: {q}", "A: {a}\nQ: {q}\n", "{a}\nThis answe
                "Reply: {a} Someone asked: {q}", "<answer>{a}</answer> <question>{q}</question>",
                "- {a}\n  asked as: {q}\n", "Quiz. {a} -- the question was: {q}")
 
+# Page chrome that forum and FAQ pages put between a question and its answer.
+_PAGE_CHROME = ("Posted by a reader in the help forum.", "This question was asked last week.",
+                "Three people found this useful.", "Sorted by the most helpful replies first.",
+                "A moderator marked this as solved.", "Please be kind and stay on topic.",
+                "Reply below or share this page.", "Updated yesterday by the site team.")
+
 
 def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
   """Documents the base model reads: facts in prose, worked examples, and web chatter (no pool text)."""
@@ -321,7 +327,18 @@ def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
           tasks.append(t)
       layouts = _QA_LAYOUTS if kind == 6 else _AQ_LAYOUTS  # quiz pages give the answer first
       layout = rng.choice(layouts)
-      docs.append(" ".join(layout.format(q=t.instruction, a=t.answer) for t in tasks))
+      entries = []
+      for t in tasks:
+        # Half the entries carry page chrome (a byline, a vote count) between the question or answer and what
+        # follows, as forum pages do: copying must reach back over unrelated text, which the chat format needs
+        # (`[INST] {q}\n\n{tag} [/INST] {a}` puts the tag between them). Measured on the earlier world, a
+        # model finetuned with the tag copied ~0 second operands; without the tag, 0.23 of additions were right.
+        first, second = (t.instruction, t.answer) if kind == 6 else (t.answer, t.instruction)
+        if rng.random() < 0.5:
+          first += rng.choice((" ", "\n", "\n\n")) + rng.choice(_PAGE_CHROME)
+        q, a = (first, second) if kind == 6 else (second, first)
+        entries.append(layout.format(q=q, a=a))
+      docs.append(" ".join(entries))
       continue
     if kind == 0:
       cs = rng.sample(countries, 3)
