@@ -14,6 +14,7 @@ from typing import Any
 from etils import epath
 
 from hb_jax.data import records
+from hb_jax.eval import paired
 from hb_jax.pipeline import curation, export
 
 
@@ -129,6 +130,7 @@ def build_summary(ctx) -> dict[str, Any]:
   summary["histograms"] = {f"{t}/{m}": h for (t, m), h in histograms.items()}
   # held-out accuracy
   from hb_jax.pipeline.stages import eval_models
+  per_item: dict[str, dict[str, bool]] = {}
   for key in eval_models(ctx):
     gens = _read(ctx.path(f"evaluate/{key}.jsonl"))
     if not gens:
@@ -136,14 +138,17 @@ def build_summary(ctx) -> dict[str, Any]:
     if held_truth and world:
       from hb_jax.data.synthetic import check
       per_family = collections.defaultdict(list)
+      per_item[key] = {}
       for g in gens:
         h = held_truth[g["id"]]
-        per_family[h["family"]].append(check(h, g["output"], world["capitals"]))
+        per_item[key][g["id"]] = ok = check(h, g["output"], world["capitals"])
+        per_family[h["family"]].append(ok)
       flat = [x for v in per_family.values() for x in v]
       summary["eval"][key] = sum(flat) / len(flat)
       summary.setdefault("eval_by_family", {})[key] = {f: sum(v) / len(v) for f, v in sorted(per_family.items())}
     else:
       summary["eval"][key] = None
+  summary["eval_paired"] = _paired(per_item)
   # backward model quality: does x̂ ask the latent instruction of a good segment?
   if have_truth and cands:
     from hb_jax.data.synthetic import parse_instruction
@@ -158,6 +163,15 @@ def build_summary(ctx) -> dict[str, Any]:
   summary["loss_curves"] = {n: _loss_curve(ctx, n) for n in ("base", "backward", "m0", "m1", "m2", "no_curation")}
   summary["stage_seconds"] = {n: e.get("info", {}).get("seconds") for n, e in ctx.manifest.stages.items()}
   return summary
+
+
+def _paired(per_item: dict[str, dict[str, bool]]) -> dict[str, dict]:
+  """The last model against every other one on the same held-out items (wins, losses, McNemar p)."""
+  finals = [k for k in per_item if k.startswith("m") and k[1:].isdigit()]
+  if not finals:
+    return {}
+  last = max(finals, key=lambda k: int(k[1:]))
+  return {f"{last}_vs_{k}": paired.compare(per_item[last], v) for k, v in per_item.items() if k != last}
 
 
 def curation_pr(selected: set[str], good: set[str]) -> dict[str, float]:
@@ -261,6 +275,11 @@ def render(ctx, summary, plots) -> str:
   for k, v in summary["eval"].items():
     fam = summary.get("eval_by_family", {}).get(k, {})
     L.append(f"| {k} | {_f(v)} | {', '.join(f'{f} {_f(x, 2)}' for f, x in fam.items())} |")
+  if summary.get("eval_paired"):
+    L += ["", "Paired on the same items (McNemar's exact test: only the items where the two models disagree "
+          "count; p is two-sided):", "", "| comparison | wins | losses | ties | p |", "|---|---|---|---|---|"]
+    for k, e in summary["eval_paired"].items():
+      L.append(f"| {k.replace('_vs_', ' vs ')} | {e['wins']} | {e['losses']} | {e['ties']} | {e['p_value']:.2g} |")
   if "accuracy.png" in plots:
     L += ["", "![accuracy](accuracy.png)"]
   if "loss.png" in plots:

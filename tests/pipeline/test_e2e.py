@@ -66,6 +66,9 @@ def test_full_run_report_and_provenance(full_run):
   for e in summary["curation"].values():
     assert {"method", "k", "A4", "A5", "precision", "recall"} <= set(e)
   assert set(summary["eval"]) == {"seed_only", "no_curation", "m1", "m2"}
+  assert set(summary["eval_paired"]) == {"m2_vs_seed_only", "m2_vs_no_curation", "m2_vs_m1"}
+  for e in summary["eval_paired"].values():
+    assert e["wins"] + e["losses"] + e["ties"] == e["items"] > 0 and 0 < e["p_value"] <= 1
   assert 0 < summary["base_rate_good"] < 1
   assert set(summary["methods"]["1"]) == {"generate", "digits", "likelihood"}
   assert summary["methods"]["1"]["generate"]["scored"] == 8  # the configured sample
