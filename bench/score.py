@@ -50,6 +50,7 @@ def main(argv: list[str]) -> dict:
   from hb_jax.data import prompts, synthetic
   from hb_jax.pipeline import curation
   from hb_jax.pipeline.config import CurateConfig
+  from hb_jax.sample import plan
 
   tmp = tempfile.mkdtemp(prefix="bench_score_")
   model_dir = args.model or _default_model(tmp, args.vocab_size)
@@ -62,19 +63,34 @@ def main(argv: list[str]) -> dict:
   # runs compiled programs only (sampling seeds come from record ids, so both passes do the same work).
   warm = timed = cands[:args.n]
   cc = CurateConfig(method="digits", batch=args.batch, max_new_tokens=args.max_new_tokens, header=args.header)
-  rows = []
+  rows, outs = [], {}
   for method in ("digits", "generate"):
     curation.score(method, lm, warm, style=style, tag_mode="source", curate=cc)  # compile
     t0 = time.perf_counter()
-    out = curation.score(method, lm, timed, style=style, tag_mode="source", curate=cc)
+    outs[method] = curation.score(method, lm, timed, style=style, tag_mode="source", curate=cc)
     dt = time.perf_counter() - t0
-    rows.append((method, dt, len(out) / dt))
+    rows.append((method, dt, len(outs[method]) / dt))
+  # The work each method does per candidate beyond the shared rubric (prefilled once, reused by every row):
+  # digits runs the candidate's own tokens once; generate runs them and then one decode step per written
+  # token. Where a decode step costs what a prefill token does (compute-bound: this CPU at batch 32), the
+  # speedup cannot exceed the ratio of the two; it grows where decoding is bandwidth-bound (accelerators).
+  encode = curation.encoder("generate", lm.tokenizer, style=style, tag_mode="source")
+  ids = [encode(c) for c in timed]
+  own = [len(x) - plan.common_prefix_length(ids) for x in ids]
+  # Re-encoding a random model's text can split it into more pieces than it sampled; the sampler never
+  # writes more than max_new_tokens.
+  written = [min(len(lm.tokenizer.encode(o["rating_text"])), args.max_new_tokens) for o in outs["generate"]]
+  own_mean, written_mean = sum(own) / len(own), sum(written) / len(written)
+  work_ratio = (own_mean + written_mean) / own_mean
   print(f"{'method':<10} {'seconds':>9} {'cand/s':>9}   ({args.n} candidates, header={args.header}, "
         f"generate max_new_tokens={args.max_new_tokens}, batch={args.batch})")
   for m, dt, rate in rows:
     print(f"{m:<10} {dt:>9.3f} {rate:>9.1f}")
   ours, ref = rows[0][2], rows[1][2]
   print(f"digits is {ours / ref:.1f}x faster than generate")
+  print(f"tokens per candidate after the shared rubric: {own_mean:.1f} own, {written_mean:.1f} written by generate;"
+        f" work ratio {work_ratio:.1f}x (the speedup's bound where decode steps cost what prefill tokens do)")
   return {"ours": ours, "reference": ref, "ratio": ours / ref, "unit": "candidates/s",
+          "own_tokens": own_mean, "written_tokens": written_mean, "work_ratio": work_ratio,
           "n": args.n, "max_new_tokens": args.max_new_tokens, "batch": args.batch, "header": args.header,
           "model": args.model or "random demo preset"}
