@@ -37,7 +37,7 @@ def matmul_fns(n: int) -> dict[str, callable]:
   return out
 
 
-def setup_ours(batch: int, seq: int, scan_unroll: int = 1):
+def setup_ours(batch: int, seq: int, scan_unroll: int = 1, loss_chunk: int = 0):
   """(one-step closure, info) for the hb_jax train step, compiled and warm-started."""
   import jax
 
@@ -46,7 +46,7 @@ def setup_ours(batch: int, seq: int, scan_unroll: int = 1):
   from hb_jax.parallel import make_mesh, MeshConfig
   from hb_jax.train import step as step_lib
 
-  cfg = ModelConfig(**CONFIG_58M, dtype="float32", scan_unroll=scan_unroll)
+  cfg = ModelConfig(**CONFIG_58M, dtype="float32", scan_unroll=scan_unroll, loss_chunk=loss_chunk)
   tc = TrainConfig(learning_rate=1e-5, end_learning_rate=9e-6, dropout_rate=0.0)
   mesh = make_mesh(MeshConfig(1, -1, 1))
   tx, sched = step_lib.make_optimizer(tc, 1000)
@@ -110,6 +110,8 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--scan_unroll", type=int, default=CONFIG_58M["num_layers"],
                       help="ModelConfig.scan_unroll (default: all 8 layers unrolled; 1 = the rolled scan)")
+  parser.add_argument("--loss_chunk", type=int, default=128,
+                      help="ModelConfig.loss_chunk (default 128 positions per chunk; 0 = the whole logits)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=256)
   parser.add_argument("--matmul", type=int, default=2048)
@@ -121,7 +123,7 @@ def main(argv: list[str]) -> dict:
   # --rounds rounds) and report medians, so a neighbour's load on this shared machine slows all of them
   # alike. Each block starts with one untimed step: the first XLA step right after torch has run took
   # 1.2-1.5 s longer than the steady state here (4.9 s), and a training loop never pays that.
-  fns = {"ours": setup_ours(args.batch, args.seq, args.scan_unroll)}
+  fns = {"ours": setup_ours(args.batch, args.seq, args.scan_unroll, args.loss_chunk)}
   if args.reference:
     fns["reference"] = setup_torch(args.batch, args.seq)
   mm = matmul_fns(args.matmul)
@@ -163,6 +165,6 @@ def main(argv: list[str]) -> dict:
           "ratio": round(ratio, 3), "unit": "tokens/s", "mfu": round(mfu, 4),
           "matmul_gflops": {k: round(v / 1e9, 2) for k, v in peak.items()},
           "batch": args.batch, "seq": args.seq, "steps": args.steps, "rounds": args.rounds,
-          "scan_unroll": args.scan_unroll, "dtype": "float32",
+          "scan_unroll": args.scan_unroll, "loss_chunk": args.loss_chunk, "dtype": "float32",
           "model": "58M (vocab 32000, d 512, 8 layers, 8 heads, ffn 1408)",
           "devices": f"{jax.device_count()} {jax.default_backend()}", "cores": os.cpu_count()}

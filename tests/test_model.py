@@ -213,6 +213,8 @@ def test_unrolled_scan_keeps_logits_and_gradients():
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.max(np.abs(b))))
   with pytest.raises(ConfigError, match="scan_unroll"):
     dataclasses.replace(CFG, scan_unroll=0)
+  with pytest.raises(ConfigError, match="loss_chunk"):
+    dataclasses.replace(CFG, loss_chunk=-1)
 
 
 def test_tied_embeddings_have_no_head():

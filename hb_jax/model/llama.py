@@ -356,12 +356,14 @@ class Llama(nnx.Module):
                                     unroll=min(cfg.scan_unroll, cfg.num_layers))
     return x, cache_kv
 
+  def head_weight(self, dtype) -> Array:
+    """The output head as [d, V] in `dtype` (the embedding, transposed, when they are tied)."""
+    if self.cfg.tie_word_embeddings:
+      return self.embed_tokens.embedding[...].astype(dtype).T
+    return self.lm_head.kernel[...].astype(dtype)
+
   def project(self, h: Array) -> Array:
     """Final hidden states [B, T, d] -> float32 logits [B, T, V]."""
-    if self.cfg.tie_word_embeddings:
-      w = self.embed_tokens.embedding[...].astype(h.dtype).T
-    else:
-      w = self.lm_head.kernel[...].astype(h.dtype)
-    logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,dv->btv", h, self.head_weight(h.dtype), preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "length", "act_vocab"))
 

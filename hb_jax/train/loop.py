@@ -42,7 +42,8 @@ def training_model_config(base: ModelConfig, tc: TrainConfig) -> ModelConfig:
   """The base model's config with the run's dropout, compute dtype and remat, and fp32 master weights
   (a bf16 base folder is trained in fp32 and cast back when the model folder is written)."""
   return dataclasses.replace(base, dropout_rate=tc.dropout_rate, dtype=tc.dtype,
-                             remat=tc.remat or base.remat, param_dtype="float32")
+                             remat=tc.remat or base.remat, loss_chunk=tc.loss_chunk or base.loss_chunk,
+                             param_dtype="float32")
 
 
 def evaluate(eval_fn, params, examples: Sequence[loader.Example], *, group: int, tc: TrainConfig, mesh: Mesh,

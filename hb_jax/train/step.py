@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hb_jax.config import ModelConfig, TrainConfig
 from hb_jax.model.llama import Llama
 from hb_jax.parallel import TRAIN_RULES, Rules, logical_to_spec
+from hb_jax.train import fused_loss
 
 Array = jax.Array
 Batch = Mapping[str, Array]  # inputs, targets, loss_mask, positions, segment_ids: [micro, rows, T]
@@ -85,9 +86,15 @@ def token_nll(logits: Array, targets: Array) -> Array:
 def loss_sums(graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key: Array | None) -> tuple[Array, Array]:
   """(summed response-token NLL, number of response tokens) of one micro-batch [rows, T]."""
   model = nnx.merge(graphdef, params)
+  mask = batch["loss_mask"].astype(jnp.float32)
+  if model.cfg.loss_chunk:
+    h, _ = model(batch["inputs"], batch["positions"], batch["segment_ids"], dropout_key=dropout_key,
+                 return_hidden=True)
+    total = fused_loss.weighted_nll_sum(h, model.head_weight(h.dtype), batch["targets"], mask,
+                                        model.cfg.loss_chunk)
+    return total, jnp.sum(mask)
   logits, _ = model(batch["inputs"], batch["positions"], batch["segment_ids"], dropout_key=dropout_key)
   nll = token_nll(logits, batch["targets"])
-  mask = batch["loss_mask"].astype(jnp.float32)
   return jnp.sum(nll * mask), jnp.sum(mask)
 
 
