@@ -31,7 +31,7 @@ from ml_collections import config_dict
 def train_cfg(steps, lr, batch=16, seq_len=256, **kw):
   return dict(learning_rate=lr, end_learning_rate=lr / 10, warmup_steps=10, weight_decay=0.0, dropout_rate=0.0,
               batch_size=batch, num_steps=steps, seq_len=seq_len, checkpoint_every=50, keep_checkpoints=1,
-              async_checkpointing=False, log_every=25, **kw)
+              async_checkpointing=False, log_every=25, loss_chunk=0, **kw)
 
 
 def get_config():

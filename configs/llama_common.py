@@ -48,7 +48,7 @@ def paper_train(seq_len=2048, **kw):
   # lr 1e-5 -> 9e-6 linear, wd 0.1, dropout 0.1, batch by data size and steps by the paper's table (0 = rule).
   return dict(learning_rate=1e-5, end_learning_rate=9e-6, weight_decay=0.1, dropout_rate=0.1, batch_size=0,
               num_steps=0, seq_len=seq_len, checkpoint_every=100, keep_checkpoints=2, async_checkpointing=True,
-              log_every=10, **kw)
+              log_every=10, loss_chunk=0, **kw)
 
 
 def pick(layouts, hardware, where):

@@ -6,7 +6,7 @@ from ml_collections import config_dict
 def train_cfg(steps, lr=3e-3, batch=8, seq_len=384, **kw):
   return dict(learning_rate=lr, end_learning_rate=lr / 10, warmup_steps=0, weight_decay=0.0, dropout_rate=0.0,
               batch_size=batch, num_steps=steps, seq_len=seq_len, checkpoint_every=4, keep_checkpoints=1,
-              async_checkpointing=False, log_every=4, progress_bar=False, rows_per_micro_batch=0, **kw)
+              async_checkpointing=False, log_every=4, progress_bar=False, rows_per_micro_batch=0, loss_chunk=0, **kw)
 
 
 def get_config():
