@@ -49,7 +49,7 @@ def _pad_to_chunks(h, targets, weights, chunk):
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
     targets = jnp.pad(targets, ((0, 0), (0, pad)))
     weights = jnp.pad(weights, ((0, 0), (0, pad)))
-  return h, targets, weights, chunk, pad
+  return h, targets, weights, chunk
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -58,7 +58,7 @@ def weighted_nll_sum(h: Array, w: Array, targets: Array, weights: Array, chunk: 
 
   targets: int [B, T]; weights: float [B, T] (the loss mask). Gradients flow to h and w only.
   """
-  h, targets, weights, chunk, _ = _pad_to_chunks(h, targets, weights.astype(jnp.float32), chunk)
+  h, targets, weights, chunk = _pad_to_chunks(h, targets, weights.astype(jnp.float32), chunk)
 
   def body(total, xs):
     hc, yc, mc = xs
@@ -71,7 +71,7 @@ def weighted_nll_sum(h: Array, w: Array, targets: Array, weights: Array, chunk: 
 
 def _forward_with_grads(h, w, targets, weights, chunk):
   t = h.shape[1]
-  h, targets, weights, chunk, _ = _pad_to_chunks(h, targets, weights.astype(jnp.float32), chunk)
+  h, targets, weights, chunk = _pad_to_chunks(h, targets, weights.astype(jnp.float32), chunk)
 
   def body(carry, xs):
     total, dw = carry
