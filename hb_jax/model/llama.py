@@ -55,6 +55,20 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, *, fan_in: int | None = None, ini
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
+def project_einsum(equation: str, x: Array, w: Array) -> Array:
+  """jnp.einsum(equation, x, w) for a projection: the trailing axes of x contract with the leading axes of w
+  ("btd,dnh->btnh", "btnh,nhd->btd"). It runs as one 2-D matmul over the flattened axes: XLA:CPU turned the
+  3-D form's weight gradient (a contraction over both b and t) into transposed copies, and the 2-D form made
+  the 58M-parameter train step 7% faster (bench/train.py). Other equations go to jnp.einsum."""
+  lhs, rest = equation.split(",")
+  rhs, out = rest.split("->")
+  n = sum(1 for c in lhs if c in rhs and c not in out)
+  if n == 0 or lhs[-n:] != rhs[:n] or out != lhs[:-n] + rhs[n:]:
+    return jnp.einsum(equation, x, w)
+  y = x.reshape(-1, math.prod(x.shape[-n:])) @ w.reshape(math.prod(w.shape[:n]), -1)
+  return y.reshape(*x.shape[:-n], *w.shape[n:])
+
+
 class Projection(nnx.Module):
   """A bias-free linear map whose kernel keeps named axes; applied with an explicit einsum."""
 
@@ -62,7 +76,7 @@ class Projection(nnx.Module):
     self.kernel = _param(rngs, shape, axes, param_dtype, fan_in=fan_in)
 
   def __call__(self, x: Array, equation: str) -> Array:
-    return jnp.einsum(equation, x, self.kernel[...].astype(x.dtype))
+    return project_einsum(equation, x, self.kernel[...].astype(x.dtype))
 
 
 class RMSNorm(nnx.Module):
