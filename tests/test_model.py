@@ -12,7 +12,7 @@ from flax import nnx
 from hb_jax.config import ConfigError, ModelConfig, RopeScaling, ffn_dim
 from hb_jax.convert.sources import interleaved_to_rotate_half, rotate_half_to_interleaved
 from hb_jax.model.kv_cache import KVCache
-from hb_jax.model.llama import Llama, rope_inv_freq
+from hb_jax.model.llama import Llama, project_einsum, rope_inv_freq
 from hb_jax.model.presets import PRESETS, preset
 
 CFG = ModelConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -221,3 +221,19 @@ def test_tied_embeddings_have_no_head():
   m = Llama(dataclasses.replace(CFG, tie_word_embeddings=True), rngs=nnx.Rngs(0))
   assert not hasattr(m, "lm_head")
   assert m(_tokens(1, 3))[0].shape == (1, 3, CFG.vocab_size)
+
+
+@pytest.mark.parametrize("equation,x_shape,w_shape", [
+    ("btd,dnh->btnh", (2, 5, 8), (8, 3, 4)),   # q/k/v projections
+    ("btnh,nhd->btd", (2, 5, 3, 4), (3, 4, 8)),  # o_proj: two contracted axes
+    ("btd,df->btf", (2, 5, 8), (8, 6)),
+    ("btd,fd->btf", (2, 5, 8), (6, 8)),          # not a trailing/leading contraction: the einsum fallback
+])
+def test_project_einsum_is_einsum(equation, x_shape, w_shape):
+  kx, kw = jax.random.split(jax.random.PRNGKey(0))
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  np.testing.assert_allclose(project_einsum(equation, x, w), jnp.einsum(equation, x, w), rtol=1e-5, atol=1e-5)
+  gx, gw = jax.grad(lambda x, w: jnp.sum(jnp.sin(project_einsum(equation, x, w))), argnums=(0, 1))(x, w)
+  ex, ew = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.einsum(equation, x, w))), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(gx, ex, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gw, ew, rtol=1e-5, atol=1e-5)

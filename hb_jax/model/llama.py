@@ -59,7 +59,7 @@ def project_einsum(equation: str, x: Array, w: Array) -> Array:
   """jnp.einsum(equation, x, w) for a projection: the trailing axes of x contract with the leading axes of w
   ("btd,dnh->btnh", "btnh,nhd->btd"). It runs as one 2-D matmul over the flattened axes: XLA:CPU turned the
   3-D form's weight gradient (a contraction over both b and t) into transposed copies, and the 2-D form made
-  the 58M-parameter train step 7% faster (bench/train.py). Other equations go to jnp.einsum."""
+  the 58M-parameter train step 5-7% faster (bench/train.py). Other equations go to jnp.einsum."""
   lhs, rest = equation.split(",")
   rhs, out = rest.split("->")
   n = sum(1 for c in lhs if c in rhs and c not in out)
