@@ -28,6 +28,8 @@ import dataclasses
 
 from ml_collections import config_dict
 
+from hb_jax.pipeline.config import with_defaults
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -77,4 +79,4 @@ def base_config(name, root, layout, remat="full"):
   c.evaluate = dict(max_new_tokens=512, batch=layout.evaluate_batch, tag_mode="both", max_items=0)
   # Inference replicas: each process serves its share of the records with the weights split over tensor.
   c.mesh = dict(data=-1, fsdp=1, tensor=layout.infer_tensor)
-  return c
+  return with_defaults(c)

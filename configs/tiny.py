@@ -2,6 +2,8 @@
 It checks the machinery (manifest, resume, sharding), not the method's effect (see configs/demo.py)."""
 from ml_collections import config_dict
 
+from hb_jax.pipeline.config import with_defaults
+
 
 def train_cfg(steps, lr=3e-3, batch=8, seq_len=384, **kw):
   return dict(learning_rate=lr, end_learning_rate=lr / 10, warmup_steps=0, weight_decay=0.0, dropout_rate=0.0,
@@ -29,4 +31,4 @@ def get_config():
   c.scaling = dict(sizes=(4, 12), steps=(2, 2), data="data/seed.jsonl", iteration=0, seed=0, log_base="e",
                    confidence=0.95)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  return c
+  return with_defaults(c)

@@ -37,6 +37,7 @@ class InputsConfig:
   good_fraction: float = 0.35
   heldout_per_family: int = 40
   pretrain_docs: int = 3000
+  web_only_fraction: float = 0.0  # see synthetic.WorldConfig
 
   def __post_init__(self):
     object.__setattr__(self, "seed_families", tuple(self.seed_families))
@@ -214,6 +215,29 @@ def from_config_dict(cd) -> PipelineConfig:
     kwargs["backward"] = _build(TrainConfig, {"direction": "backward", **dict(data["backward"])},
                                 "config.backward")
   return PipelineConfig(**kwargs)
+
+
+def with_defaults(cd):
+  """Fill every section of a config file's ConfigDict with the typed dataclasses' defaults, in place.
+
+  absl's `--config.section.key=value` can only set keys the (locked) ConfigDict holds, so a config file that
+  names a few keys per section would make the rest unreachable from the command line. Config files return
+  `with_defaults(c)`; the keys they name win, and the values are those the dataclasses would take anyway,
+  so the built PipelineConfig and every stage's config hash are unchanged.
+  """
+  defaults = to_dict(PipelineConfig(name=cd.get("name") or "run"))
+  defaults["backward"]["direction"] = "backward"
+
+  def fill(node, default: Mapping[str, Any]):
+    for key, value in default.items():
+      if isinstance(value, dict):
+        if key not in node:
+          node[key] = {}
+        fill(node[key], value)
+      elif key not in node:
+        node[key] = tuple(value) if isinstance(value, list) else value  # to_dict wrote tuples as lists
+  fill(cd, defaults)
+  return cd
 
 
 def to_dict(cfg: PipelineConfig) -> dict[str, Any]:
