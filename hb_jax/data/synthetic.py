@@ -68,8 +68,15 @@ class WorldConfig:
   good_fraction: float = 0.35  # the rest is noise, spread evenly over NOISE_KINDS
   heldout_per_family: int = 40
   pretrain_docs: int = 3000
+  # Share of countries whose capital is written only in the unlabelled pool: the base model never reads it
+  # and the seed never asks it. The web corpus holds knowledge the seed lacks (the paper's setting: ClueWeb
+  # against 3,200 OASST pairs), so held-out questions about these countries can be answered only by a model
+  # that learned from backtranslated pool segments. Held-out items on them are reported as "capital-web".
+  web_only_fraction: float = 0.0
 
   def __post_init__(self):
+    if not 0.0 <= self.web_only_fraction < 1.0:
+      raise ValueError(f"world.web_only_fraction must be in [0, 1), found {self.web_only_fraction}")
     if not 0.0 < self.good_fraction < 1.0:
       raise ValueError(f"world.good_fraction must be in (0, 1), found {self.good_fraction}")
     for k in ("num_countries", "pool_size", "pretrain_docs"):
@@ -95,6 +102,7 @@ class Task:
 class World:
   config: WorldConfig
   capitals: dict[str, str]
+  web_only: frozenset[str]  # countries whose capital only the pool states (see WorldConfig.web_only_fraction)
   seed: list[dict]
   pool: list[dict]  # segments (id, text, source)
   truth: dict[str, dict]  # segment id -> {"kind", "family", "instruction"}
@@ -227,18 +235,25 @@ def _heldout_tasks(cfg: WorldConfig, caps) -> list[Task]:
   return out
 
 
+def _web_only(cfg: WorldConfig, caps) -> frozenset[str]:
+  rng = random.Random(f"web-only-{cfg.seed}")
+  return frozenset(rng.sample(sorted(caps), round(cfg.web_only_fraction * len(caps))))
+
+
 def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT_CURATION_HEADER) -> World:
   """The world for `cfg`; judging demonstrations use `curation_header` (the one curation will prompt with)."""
   caps = _capitals(cfg)
+  web_only = _web_only(cfg, caps)
+  known = {c: k for c, k in caps.items() if c not in web_only}  # what pretraining and the seed may state
   heldout = _heldout_tasks(cfg, caps)
   heldout_args = {(t.family, t.args) for t in heldout if t.family != "capital"}
   rng = random.Random(f"world-{cfg.seed}")
 
-  def fresh(fam: str) -> Task:
+  def fresh(fam: str, world_caps=known) -> Task:
     # Seed and pool tasks avoid the held-out argument sets (capitals excepted: there are few countries,
-    # and knowing a capital from pretraining is the point of that family).
+    # and knowing a capital from pretraining or the pool is the point of that family).
     while True:
-      t = _MAKERS[fam](rng, caps)
+      t = _MAKERS[fam](rng, world_caps)
       if (fam, t.args) not in heldout_args:
         return t
 
@@ -255,7 +270,7 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
   for i in range(cfg.rating_demos):
     kind = kinds[i % len(kinds)]
     t = fresh(rng.choice(cfg.seed_families))
-    text = _segment_text(rng, kind, t, caps)
+    text = _segment_text(rng, kind, t, known)
     reason, score = _REASONS[kind]
     rec = records.make_pair(curation_header + f"{t.instruction}\n{text}",
                             f"Score: {score}\n{reason}", "seed")
@@ -275,7 +290,7 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
     # one id, so a repeat draws again within the family.
     fam = rng.choice(FAMILIES)
     for _ in range(100):
-      t = fresh(fam)
+      t = fresh(fam, caps)
       seg = records.make_segment(_segment_text(rng, kind, t, caps), "synthetic-web")
       if seg["id"] not in truth:
         break
@@ -289,8 +304,13 @@ def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT
   # count that item twice in every accuracy.
   held = records.unique_by_id(
       {"id": records.content_id("heldout", t.instruction), "family": t.family, "instruction": t.instruction,
-       "key": t.key, "args": list(t.args)} for t in heldout)
-  return World(cfg, caps, seed, pool, truth, held, _pretrain_text(cfg, caps, heldout_args))
+       "key": t.key, "args": list(t.args), "group": _group(t, web_only)} for t in heldout)
+  return World(cfg, caps, web_only, seed, pool, truth, held, _pretrain_text(cfg, caps, web_only, heldout_args))
+
+
+def _group(t: Task, web_only) -> str:
+  """The report's breakdown of a held-out item: its family, with capitals the pool alone states apart."""
+  return "capital-web" if t.family == "capital" and t.args[0] in web_only else t.family
 
 
 # Page layouts of the FAQ (question first) and quiz (answer first) pretraining documents.
@@ -307,11 +327,24 @@ _PAGE_CHROME = ("Posted by a reader in the help forum.", "This question was aske
                 "Reply below or share this page.", "Updated yesterday by the site team.")
 
 
-def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
-  """Documents the base model reads: facts in prose, worked examples, and web chatter (no pool text)."""
+def _pretrain_text(cfg: WorldConfig, caps, web_only=frozenset(), exclude=frozenset()) -> list[str]:
+  """Documents the base model reads: facts in prose, worked examples, and web chatter (no pool text).
+
+  Every country and city is named, but no page ties a `web_only` country to its capital: the base model
+  knows the names (a model that never read a name cannot copy it: with the web-only countries unnamed, the
+  backward model asked about none of them), not the fact."""
   rng = random.Random(f"pretrain-{cfg.seed}")
   docs = []
   countries = sorted(caps)
+  hidden_caps = sorted(caps[c] for c in web_only)
+  caps_known = {c: k for c, k in caps.items() if c not in web_only}
+
+  def country_fact(c: str) -> str:
+    if c not in web_only:
+      return f"{c} is a country. The capital of {c} is {caps[c]}. {caps[c]} is a large city."
+    cities = [k for k in hidden_caps if k != caps[c]] or [k for k in sorted(caps.values()) if k != caps[c]]
+    return f"{c} is a country." + (f" {rng.choice(cities)} is a large city." if cities else "")  # not its capital
+
   for i in range(cfg.pretrain_docs):
     kind = i % 8
     if kind >= 6:
@@ -322,7 +355,7 @@ def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
       # chat format, tags and answering on request come from finetuning.
       tasks = []
       while len(tasks) < 3:
-        t = _MAKERS[rng.choice(FAMILIES)](rng, caps)
+        t = _MAKERS[rng.choice(FAMILIES)](rng, caps_known)
         if (t.family, t.args) not in exclude:  # held-out instances stay unseen as Q/A text
           tasks.append(t)
       layouts = _QA_LAYOUTS if kind == 6 else _AQ_LAYOUTS  # quiz pages give the answer first
@@ -342,8 +375,7 @@ def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
       continue
     if kind == 0:
       cs = rng.sample(countries, 3)
-      docs.append(" ".join(f"{c} is a country. The capital of {c} is {caps[c]}. {caps[c]} is a large city."
-                           for c in cs))
+      docs.append(" ".join(country_fact(c) for c in cs))
     elif kind == 1:
       docs.append(" ".join(_add_task(rng, caps).answer for _ in range(4)))
     elif kind == 2:
@@ -352,7 +384,7 @@ def _pretrain_text(cfg: WorldConfig, caps, exclude=frozenset()) -> list[str]:
       ws = [tuple(rng.sample(_WORDS, 3)) for _ in range(3)]
       docs.append(" ".join(f"The words {' '.join(w)} in reverse order are {' '.join(reversed(w))}." for w in ws))
     elif kind == 4:
-      docs.append(_boilerplate(rng) + " " + _forum(rng, _capital_task(rng, caps)))
+      docs.append(_boilerplate(rng) + " " + _forum(rng, _capital_task(rng, caps_known)))
     else:
       docs.append(_offtopic(rng, caps) + " " + _offtopic(rng, caps))
   return docs
@@ -412,4 +444,5 @@ def world_summary(world: World) -> dict[str, Any]:
   for t in world.truth.values():
     kinds[t["kind"]] = kinds.get(t["kind"], 0) + 1
   return {"seed": len(world.seed), "pool": len(world.pool), "heldout": len(world.heldout),
-          "base_rate_good": world.base_rate_good, "pool_kinds": kinds, "countries": len(world.capitals)}
+          "base_rate_good": world.base_rate_good, "pool_kinds": kinds, "countries": len(world.capitals),
+          "web_only_countries": len(world.web_only)}

@@ -142,7 +142,7 @@ def build_summary(ctx) -> dict[str, Any]:
       for g in gens:
         h = held_truth[g["id"]]
         per_item[key][g["id"]] = ok = check(h, g["output"], world["capitals"])
-        per_family[h["family"]].append(ok)
+        per_family[h.get("group", h["family"])].append(ok)
       flat = [x for v in per_family.values() for x in v]
       summary["eval"][key] = sum(flat) / len(flat)
       summary.setdefault("eval_by_family", {})[key] = {f: sum(v) / len(v) for f, v in sorted(per_family.items())}

@@ -146,7 +146,7 @@ def _world_config(ctx: Context):
   return WorldConfig(seed=i.world_seed, num_countries=i.num_countries, seed_per_family=i.seed_per_family,
                      seed_families=i.seed_families, rating_demos=i.rating_demos, pool_size=i.pool_size,
                      good_fraction=i.good_fraction, heldout_per_family=i.heldout_per_family,
-                     pretrain_docs=i.pretrain_docs)
+                     pretrain_docs=i.pretrain_docs, web_only_fraction=i.web_only_fraction)
 
 
 def _prepare_synthetic(ctx: Context) -> dict[str, str]:

@@ -11,7 +11,7 @@ from hb_jax.config import ConfigError
 from hb_jax.data import records, synthetic
 from hb_jax.data import chunked
 from hb_jax.pipeline import curation
-from hb_jax.pipeline.config import from_config_dict
+from hb_jax.pipeline.config import from_config_dict, to_dict, with_defaults
 from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys
 
 from tests.pipeline.common import REPO, load_config_dict
@@ -21,6 +21,34 @@ from tests.pipeline.common import REPO, load_config_dict
 def test_configs_validate(name):
   cfg = from_config_dict(load_config_dict(name))
   assert cfg.name == name
+
+
+@pytest.mark.parametrize("name", ["demo", "llama7b"])
+def test_config_files_hold_every_field_so_the_command_line_reaches_it(name):
+  from absl import flags
+  from ml_collections import config_flags
+
+  def leaves(d, prefix=""):
+    return {k2 for k, v in d.items() for k2 in (leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k])}
+  cd = load_config_dict(name)
+  assert leaves(cd.to_dict()) == leaves(to_dict(from_config_dict(cd)))
+  # A key the file does not spell out (train.seed) is set from the command line through the locked ConfigDict.
+  fv = flags.FlagValues()
+  path = os.path.join(REPO, "configs", f"{name}.py")
+  argv = ["run.py", f"--config={path}", "--config.train.seed=3", "--config.backward.adam_b2=0.9"]
+  config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True, sys_argv=argv)
+  fv(argv)
+  cfg = from_config_dict(fv.config)
+  assert (cfg.train.seed, cfg.backward.adam_b2, cfg.backward.direction) == (3, 0.9, "backward")
+
+
+def test_filling_defaults_changes_no_value():
+  from ml_collections import config_dict
+  sparse = {"name": "x", "train": {"learning_rate": 1e-3}, "backward": {"num_steps": 5},
+            "base": {"train": {"seq_len": 64}}, "inputs": {"seed_families": ("add",)}}
+  filled = with_defaults(config_dict.ConfigDict(sparse))
+  assert from_config_dict(filled) == from_config_dict(sparse)
+  assert filled.inputs.seed_families == ("add",) and filled.curate.compare == ("generate", "digits", "likelihood")
 
 
 def test_unknown_key_is_named():
@@ -152,3 +180,30 @@ def test_bulk_refuses_duplicate_input_ids(tmp_path):
   inputs = [{"id": "a"}, {"id": "b"}, {"id": "a"}]
   with pytest.raises(ValueError, match="input ids must be unique.*'a' 2 times"):
     chunked.run(inputs, tmp_path / "p", "x", _fn, chunk_records=2, progress=False)
+
+
+def test_world_web_only_capitals_live_only_in_the_pool():
+  cfg = synthetic.WorldConfig(num_countries=20, pool_size=400, pretrain_docs=400, web_only_fraction=0.5)
+  w = synthetic.build_world(cfg)
+  assert len(w.web_only) == 10
+  words = lambda text: set(re.findall(r"[A-Za-z]+", text))
+  hidden = {w.capitals[c] for c in w.web_only} | set(w.web_only)
+  # The base model's text names every web-only country and capital, but never states or pairs the two; the
+  # human seed names neither ...
+  assert hidden <= set().union(*(words(d) for d in w.pretrain))
+  for c in w.web_only:
+    assert not any(f"capital of {c}" in d or f"{c} is a country. {w.capitals[c]} " in d for d in w.pretrain)
+  assert not hidden & set().union(*(words(r["instruction"] + " " + r["output"]) for r in w.seed))
+  # ... the pool states their capitals, and held-out questions about them are reported apart.
+  seg_text = {s["id"]: s["text"] for s in w.pool}
+  stated = {t["args"][0] for sid, t in w.truth.items()
+            if t["kind"] == "good" and t["family"] == "capital" and w.capitals[t["args"][0]] in seg_text[sid]}
+  assert stated & w.web_only
+  groups = {h["group"] for h in w.heldout if h["family"] == "capital"}
+  assert groups == {"capital", "capital-web"}
+  assert all((h["group"] == "capital-web") == (h["args"][0] in w.web_only) for h in w.heldout if h["family"] == "capital")
+  # Off by default: the world is the one it was before the option existed.
+  plain = synthetic.build_world(synthetic.WorldConfig(num_countries=20, pool_size=400, pretrain_docs=400))
+  assert not plain.web_only and {h["group"] for h in plain.heldout} == set(synthetic.FAMILIES)
+  with pytest.raises(ValueError, match="web_only_fraction"):
+    synthetic.WorldConfig(web_only_fraction=1.0)
