@@ -79,6 +79,25 @@ def row_keys_from_seeds(seeds_b2: Array) -> Array:
   return jax.vmap(one)(seeds_b2)
 
 
+def row_max_and_logsumexp(logits_bv: Array) -> tuple[Array, Array]:
+  """(max [B, 1], logsumexp [B]) of each row, the logsumexp shifted by the row max when it is finite (as
+  jax.nn.logsumexp does), so a greedy step reuses the max for its argmax."""
+  max_b1 = logits_bv.max(axis=-1, keepdims=True)
+  shift_b1 = jnp.where(jnp.isfinite(max_b1), max_b1, 0.0)
+  return max_b1, shift_b1[:, 0] + jnp.log(jnp.exp(logits_bv - shift_b1).sum(axis=-1))
+
+
+def first_argmax(logits_bv: Array, max_b1: Array) -> Array:
+  """jnp.argmax(logits, -1) as int32 [B]: the first index equal to the row max (a NaN counts as the max).
+
+  XLA:CPU runs jnp.argmax as a variadic (value, index) reduce: with the logsumexp, 2.6 ms for [32, 32000]
+  against 0.57 ms for these plain reductions (measured here), ~6% of the sampling bench's decode step.
+  """
+  vocab = logits_bv.shape[-1]
+  at_max_bv = (logits_bv == max_b1) | jnp.isnan(logits_bv)
+  return jnp.min(jnp.where(at_max_bv, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def select_tokens(logits_bv: Array, row_keys_b2: Array, step_b: Array, sampling: Sampling):
   """(tokens int32 [B], log-probs float32 [B]) for next-token logits [B, V].
 
@@ -86,12 +105,12 @@ def select_tokens(logits_bv: Array, row_keys_b2: Array, step_b: Array, sampling:
   sampling settings, so it can be summed into a sequence log-likelihood.
   """
   logits_bv = logits_bv.astype(jnp.float32)
+  max_b1, logz_b = row_max_and_logsumexp(logits_bv)
   if sampling.greedy:
-    tokens_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    tokens_b = first_argmax(logits_bv, max_b1)
   else:
     keys = step_keys(row_keys_b2, step_b)
     cut_bv = sampling_logits(logits_bv, sampling)
     tokens_b = jax.vmap(jax.random.categorical)(keys, cut_bv).astype(jnp.int32)
-  logz_b = jax.nn.logsumexp(logits_bv, axis=-1)
   picked_b = jnp.take_along_axis(logits_bv, tokens_b[:, None], axis=-1)[:, 0]
   return tokens_b, picked_b - logz_b

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hb_jax.sample.sampling import Sampling, row_keys_from_seeds, select_tokens, truncate_logits
+from hb_jax.sample.sampling import (Sampling, first_argmax, row_keys_from_seeds, row_max_and_logsumexp,
+                                    select_tokens, truncate_logits)
 
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.015, 0.005])
 
@@ -78,6 +79,23 @@ def test_greedy_is_argmax_and_logprob_is_model_logprob():
   # top_k=1 sampling is greedy too, whatever the key.
   t1, _ = select(logits, seed_pairs(5, 7), Sampling(1.0, 1, 1.0))
   np.testing.assert_array_equal(t1, tokens)
+
+
+def test_first_argmax_and_logsumexp_match_jax_on_ties_and_non_finite_rows():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(7, 40)).astype(np.float32)
+  logits[0, [3, 9, 30]] = 5.0  # a tie: the first index wins
+  logits[1, :] = -np.inf  # a row with nothing left
+  logits[2, 11] = np.inf
+  logits[3, [6, 20]] = np.nan  # the first NaN, as jnp.argmax
+  logits[4, :] = 1.5  # all equal
+  logits[5, 17] = -np.inf
+  logits[6] *= 1e4  # a wide range
+  max_b1, logz = jax.jit(row_max_and_logsumexp)(logits)
+  tokens = jax.jit(first_argmax)(logits, max_b1)
+  np.testing.assert_array_equal(tokens, jnp.argmax(logits, -1))
+  np.testing.assert_allclose(logz, jax.nn.logsumexp(logits, -1), rtol=1e-6)
+  assert tokens.dtype == jnp.int32
 
 
 def test_row_draw_ignores_batch_mates():
