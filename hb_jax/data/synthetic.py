@@ -71,7 +71,8 @@ class WorldConfig:
   # Share of countries whose capital is written only in the unlabelled pool: the base model never reads it
   # and the seed never asks it. The web corpus holds knowledge the seed lacks (the paper's setting: ClueWeb
   # against 3,200 OASST pairs), so held-out questions about these countries can be answered only by a model
-  # that learned from backtranslated pool segments. Held-out items on them are reported as "capital-web".
+  # that learned from backtranslated pool segments (the demo's backward model does not carry them over: see
+  # docs/pipeline.md). Held-out items on them are reported as "capital-web".
   web_only_fraction: float = 0.0
 
   def __post_init__(self):

@@ -225,8 +225,7 @@ def with_defaults(cd):
   `with_defaults(c)`; the keys they name win, and the values are those the dataclasses would take anyway,
   so the built PipelineConfig and every stage's config hash are unchanged.
   """
-  defaults = to_dict(PipelineConfig(name=cd.get("name") or "run"))
-  defaults["backward"]["direction"] = "backward"
+  defaults = to_dict(PipelineConfig(name=cd.get("name") or "run"))  # its backward default says "backward"
 
   def fill(node, default: Mapping[str, Any]):
     for key, value in default.items():
