@@ -5,8 +5,10 @@
 Rows: greedy decode tokens/s (prefill included, compile excluded) for hb_jax and for transformers
 (greedy, cache on), their ratio, hb_jax without a cache (full recomputation per token), and the roofline:
 per-step time predicted from the matmul rate measured at the decode step's own shapes and from the measured
-memory bandwidth (weights + KV cache read once per step). Then the utilisation of continuous batching with
-mixed output lengths (useful decoded tokens / decoded slots) against what static batches would get.
+memory bandwidth (weights + KV cache read once per step); and the ceiling: the prefill's matmuls plus new - 1
+steps at that roofline with nothing else, as tok/s and as the largest ratio to transformers it allows.
+Then the utilisation of continuous batching with mixed output lengths (useful decoded tokens / decoded
+slots) against what static batches would get.
 """
 from __future__ import annotations
 
@@ -45,10 +47,14 @@ def _time(fn, repeats: int = 1) -> float:
   return best
 
 
-def _matmul_rate(m: int, k: int, n: int, iters: int = 20) -> float:
-  """Measured FLOP/s of an [m, k] x [k, n] fp32 matmul (jitted, repeated in one program)."""
+def _matmul_rate(m: int, k: int, n: int, iters: int | None = None) -> float:
+  """Measured FLOP/s of an [m, k] x [k, n] fp32 matmul (jitted, repeated in one program; its operands stay
+  in cache, so this is an upper bound on the rate the shape gets inside a model)."""
   import jax
   import jax.numpy as jnp
+
+  if iters is None:  # 20 repeats, fewer for prefill-sized shapes (~20 GFLOP a timing at most)
+    iters = max(3, min(20, int(2e10 / (2.0 * m * k * n))))
 
   a = jnp.ones((m, k), jnp.float32)
   b = jnp.ones((k, n), jnp.float32) * 1e-3
@@ -75,25 +81,42 @@ def _bandwidth(mbytes: int = 256) -> float:
   return x.nbytes / _time(lambda: f(x).block_until_ready(), 5)
 
 
-def _roofline(cfg, batch: int, context: int) -> dict:
-  """Predicted decode-step seconds: compute (per-shape measured matmul rates) and memory (bandwidth)."""
+def _matmul_seconds(cfg, rows: int, head_rows: int, context: float) -> tuple[float, float]:
+  """(seconds, FLOPs) of one forward's matmuls over `rows` tokens, each shape at its own measured rate:
+  the layers' projections, the output head over `head_rows` tokens, and attention's two products over
+  `context` keys per token on average."""
   d, f, v, l = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
   h, kh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  shapes = [(batch, d, h * hd, l), (batch, d, 2 * kh * hd, l), (batch, h * hd, d, l), (batch, d, 2 * f, l),
-            (batch, f, d, l), (batch, d, v, 1)]
-  compute = 0.0
-  flops = 0.0
+  shapes = [(rows, d, h * hd, l), (rows, d, 2 * kh * hd, l), (rows, h * hd, d, l), (rows, d, 2 * f, l),
+            (rows, f, d, l), (head_rows, d, v, 1)]
+  seconds = flops = 0.0
   for m, k, n, count in shapes:
-    rate = _matmul_rate(m, k, n)
-    compute += count * 2.0 * m * k * n / rate
+    seconds += count * 2.0 * m * k * n / _matmul_rate(m, k, n)
     flops += count * 2.0 * m * k * n
-  attn_flops = 4.0 * batch * l * h * hd * context
-  compute += attn_flops / _matmul_rate(batch * h, hd, context)
+  attn_flops = 4.0 * rows * l * h * hd * context
+  # Rated as one [rows * heads, head_dim] x [head_dim, context] product (the scores' shape per query row).
+  seconds += attn_flops / _matmul_rate(rows * h, hd, max(1, round(context)))
+  return seconds, flops + attn_flops
+
+
+def _ceiling(cfg, batch: int, prompt: int, new: int, step_s: float) -> dict:
+  """The fastest this run could be here: the prefill's matmuls at their measured rates (prompt-sized
+  shapes, causal attention over prompt/2 keys on average, the head on each row's last token only) plus
+  new - 1 decode steps at the step roofline, and nothing else (no softmax, norms, cache writes, dispatch)."""
+  prefill_s, prefill_flops = _matmul_seconds(cfg, batch * prompt, batch, prompt / 2)
+  seconds = prefill_s + (new - 1) * step_s
+  return dict(prefill_s=prefill_s, prefill_flops=prefill_flops, seconds=seconds, tok_s=batch * new / seconds)
+
+
+def _roofline(cfg, batch: int, context: int) -> dict:
+  """Predicted decode-step seconds: compute (per-shape measured matmul rates) and memory (bandwidth)."""
+  l, kh, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+  compute, flops = _matmul_seconds(cfg, batch, batch, context)
   bw = _bandwidth()
   weight_bytes = 4.0 * cfg.num_params_no_embedding
   kv_bytes = 4.0 * 2 * l * batch * context * kh * hd
   memory = (weight_bytes + kv_bytes) / bw
-  return dict(compute_s=compute, memory_s=memory, flops=flops + attn_flops, bandwidth=bw,
+  return dict(compute_s=compute, memory_s=memory, flops=flops, bandwidth=bw,
               step_s=max(compute, memory))
 
 
@@ -132,7 +155,7 @@ def main(argv: list[str]) -> dict:
   print(f"model: {cfg.num_params / 1e6:.1f}M params, fp32, {jax.devices()[0].platform} x{jax.device_count()}, "
         f"torch threads {torch.get_num_threads()}; prompt {args.prompt}, new {args.new}, greedy")
   print(f"{'batch':>5} {'hb_jax tok/s':>13} {'hf tok/s':>10} {'ratio':>6} {'no-cache':>9} "
-        f"{'roofline':>9} {'bound':>7} {'%roof':>6}")
+        f"{'roofline':>9} {'bound':>7} {'%roof':>6} {'ceiling':>8} {'max ratio':>9}")
   for b in batches:
     prompts = rng.integers(3, cfg.vocab_size, size=(b, args.prompt)).tolist()
 
@@ -156,14 +179,17 @@ def main(argv: list[str]) -> dict:
     if not args.quick and b <= 8:
       nocache = _no_cache_rate(lm, prompts, min(args.new, 16))
     roof = _roofline(cfg, b, args.prompt + args.new)
+    ceiling = _ceiling(cfg, b, args.prompt, args.new, roof["step_s"])
     tok = b * args.new
     row = dict(batch=b, ours=tok / t_ours, reference=tok / t_ref, ratio=t_ref / t_ours, no_cache=nocache,
                roofline=b / roof["step_s"], bound="memory" if roof["memory_s"] > roof["compute_s"] else "compute",
-               step_flops=roof["flops"], bandwidth_gbs=roof["bandwidth"] / 1e9)
+               step_flops=roof["flops"], bandwidth_gbs=roof["bandwidth"] / 1e9,
+               ceiling=ceiling["tok_s"], ceiling_ratio=t_ref / ceiling["seconds"], prefill_floor_s=ceiling["prefill_s"])
     row["pct_roofline"] = 100 * row["ours"] / row["roofline"]
     rows.append(row)
     print(f"{b:>5} {row['ours']:>13.1f} {row['reference']:>10.1f} {row['ratio']:>6.2f} {nocache:>9.1f} "
-          f"{row['roofline']:>9.1f} {row['bound']:>7} {row['pct_roofline']:>5.0f}%")
+          f"{row['roofline']:>9.1f} {row['bound']:>7} {row['pct_roofline']:>5.0f}% {row['ceiling']:>8.1f} "
+          f"{row['ceiling_ratio']:>8.2f}x")
   print(f"compilations: {dict(sampler.compilations)}; bandwidth {rows[-1]['bandwidth_gbs']:.1f} GB/s")
 
   util = None
@@ -174,7 +200,7 @@ def main(argv: list[str]) -> dict:
           f"{util['records']} prompts, compilations {util['compilations']}")
   main_row = next((r for r in rows if r["batch"] == 32), rows[-1])
   return dict(ours=round(main_row["ours"], 2), reference=round(main_row["reference"], 2),
-              ratio=round(main_row["ratio"], 3), unit="tokens/s (greedy decode, batch %d)" % main_row["batch"],
+              ratio=round(main_row["ratio"], 3), ceiling_ratio=round(main_row["ceiling_ratio"], 3), unit="tokens/s (greedy decode, batch %d)" % main_row["batch"],
               batch=main_row["batch"], prompt=args.prompt, new_tokens=args.new, dtype="float32",
               params_m=round(cfg.num_params / 1e6, 1), rows=rows,
               utilisation=None if util is None else round(util["utilisation"], 4),
