@@ -20,14 +20,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hb_jax import checkpoint
 from hb_jax.config import ModelConfig
-from hb_jax.model.llama import Llama
+from hb_jax.model.llama import Llama, abstract_model
 from hb_jax.parallel import SERVE_RULES, Rules, data_sharding, single_device_mesh
 
 
 def build_model(cfg: ModelConfig, params: dict[str, Any]) -> Llama:
   """A Llama module holding `params` (a nested dict of arrays, e.g. from restore_params)."""
-  abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
+  graphdef, state = abstract_model(cfg)
   nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state)
 

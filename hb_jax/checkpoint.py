@@ -93,9 +93,9 @@ def tokenizer_path(path) -> epath.Path | None:
 
 def abstract_params(cfg: ModelConfig) -> nnx.State:
   """Shapes, dtypes and logical-axis metadata of a model's params, without allocating them."""
-  from hb_jax.model.llama import Llama
+  from hb_jax.model.llama import abstract_params as model_abstract_params
 
-  return nnx.state(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  return model_abstract_params(cfg)
 
 
 def params_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULES) -> Any:

@@ -231,9 +231,9 @@ def _param_axes(cfg: ModelConfig) -> tuple[tuple[str, tuple, tuple[int, ...]], .
   """(name, logical axes, shape) of every parameter, from an abstract model (no memory allocated)."""
   from flax import nnx  # local: the cost model itself needs no model
 
-  from hb_jax.model.llama import Llama
+  from hb_jax.model.llama import abstract_params
 
-  state = nnx.state(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  state = abstract_params(cfg)
   return tuple((".".join(map(str, path)), tuple(var.get_metadata().get("logical_axes") or ()), tuple(var.shape))
                for path, var in nnx.to_flat_state(state))
 

@@ -25,6 +25,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hb_jax.config import ModelConfig, TrainConfig
+from hb_jax.model import llama
 from hb_jax.model.llama import Llama
 from hb_jax.parallel import TRAIN_RULES, Rules, logical_to_spec
 from hb_jax.train import fused_loss
@@ -162,12 +163,12 @@ def eval_step(params: Any, batch: Batch, *, graphdef: nnx.GraphDef) -> dict[str,
 
 
 def model_graphdef(cfg: ModelConfig) -> nnx.GraphDef:
-  return nnx.graphdef(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))
+  return llama.abstract_model(cfg)[0]
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:
   """Nested dict of NamedShardings for the params (FSDP + tensor parallel under TRAIN_RULES)."""
-  abstract = nnx.state(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  abstract = llama.abstract_params(cfg)
   mesh_shape = dict(mesh.shape)
 
   def sharding(var):
@@ -177,7 +178,7 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = TRAIN_RULES) ->
 
 
 def abstract_params(cfg: ModelConfig) -> Any:
-  abstract = nnx.state(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  abstract = llama.abstract_params(cfg)
   return nnx.to_pure_dict(jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), abstract,
                                        is_leaf=lambda v: isinstance(v, nnx.Variable)))
 
