@@ -12,7 +12,7 @@ from flax import nnx
 from hb_jax.config import ConfigError, ModelConfig, RopeScaling, ffn_dim
 from hb_jax.convert.sources import interleaved_to_rotate_half, rotate_half_to_interleaved
 from hb_jax.model.kv_cache import KVCache
-from hb_jax.model.llama import Llama, project_einsum, rope_inv_freq
+from hb_jax.model.llama import Llama, abstract_model, project_einsum, rope_inv_freq
 from hb_jax.model.presets import PRESETS, preset
 
 CFG = ModelConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -26,6 +26,24 @@ def model():
 
 def _tokens(b, t, seed=0):
   return jnp.asarray(np.random.default_rng(seed).integers(3, CFG.vocab_size, (b, t)), jnp.int32)
+
+
+def test_abstract_model_matches_a_real_one_and_each_call_is_a_fresh_copy(model):
+  from hb_jax.api import build_model
+
+  graphdef, state = abstract_model(CFG)
+  real = nnx.state(model)
+  assert jax.tree.structure(state) == jax.tree.structure(real)
+  for (path, a), (_, r) in zip(nnx.to_flat_state(state), nnx.to_flat_state(real)):
+    assert (a.shape, a.dtype) == (r.shape, r.dtype), path
+    assert a.get_metadata()["logical_axes"] == r.get_metadata()["logical_axes"], path
+  # Filling one caller's copy (build_model does) leaves the memo abstract for the next caller.
+  params = nnx.to_pure_dict(real)
+  built = build_model(CFG, params)
+  np.testing.assert_array_equal(built.lm_head.kernel[...], model.lm_head.kernel[...])
+  _, again = abstract_model(CFG)
+  assert isinstance(again["lm_head"]["kernel"].get_value(), jax.ShapeDtypeStruct)
+  assert abstract_model(CFG)[0] == graphdef
 
 
 def test_ffn_rule_and_preset_sizes():
