@@ -24,16 +24,15 @@ epoch), `[process::process_count]`, `.batch()`, `.map(pack)`; its iterator state
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import grain
 import jax
 import numpy as np
-from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hb_jax.data import records
 from hb_jax.parallel import TRAIN_RULES, Rules, logical_to_spec
 
 # An example: a dict with int32 arrays 'prompt' and 'response'.
@@ -173,16 +172,27 @@ def split_validation(examples: Sequence[Example], num_val: int, seed: int) -> tu
   return train, val
 
 
-def read_jsonl(path) -> list[dict[str, Any]]:
-  path = epath.Path(path)
+def read_training_records(path) -> list[dict[str, Any]]:
+  """Training records from a JSONL file: text pairs (`instruction`, `output`: non-empty strings) or
+  pre-tokenised ones (`prompt_tokens`, `response_tokens`: lists of ints). The first bad line raises
+  RecordError naming file:line, before any training starts."""
   out = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
-    if line.strip():
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
+  for lineno, rec in records.iter_jsonl(path):
+    problem = _training_record_problem(rec)
+    if problem is not None:
+      raise records.RecordError(f"{path}:{lineno}: {problem}")
+    out.append(rec)
   return out
+
+
+def _training_record_problem(rec: dict) -> str | None:
+  if "prompt_tokens" in rec or "response_tokens" in rec:
+    for key in ("prompt_tokens", "response_tokens"):
+      value = rec.get(key)
+      if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return f"expected {key!r} to be a list of token ids, found {type(value).__name__}"
+    return None
+  return records.check_record(rec, ("instruction", "output"))
 
 
 def tokenize_records(records: Iterable[Mapping[str, Any]],

@@ -17,7 +17,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import zlib
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 from etils import epath
@@ -85,7 +87,7 @@ def open_bytes(path: epath.PathLike) -> IO[bytes]:
   return f
 
 
-def _check_record(obj: Any, required: Sequence[str]) -> str | None:
+def check_record(obj: Any, required: Sequence[str]) -> str | None:
   """None if `obj` is a dict whose required fields are non-empty strings, else what is wrong."""
   if not isinstance(obj, dict):
     return f"expected a JSON object, found {type(obj).__name__}"
@@ -105,15 +107,29 @@ def iter_jsonl(path: epath.PathLike, required: Sequence[str] = (), strict: bool 
   """Streams (line number, record) from a JSONL file (`.gz` too). Blank lines are ignored.
 
   strict: the first bad line raises RecordError naming file:line. Lenient: bad lines are skipped and
-  counted in `stats` by reason (invalid_utf8, invalid_json, not_object, missing_field, empty_field,
-  wrong_type). drop_torn_tail: a last line without its newline that does not parse is an interrupted
+  counted in `stats` by reason (invalid_utf8, invalid_unicode, invalid_json, not_object, missing_field,
+  empty_field, wrong_type), and a `.gz` stream that breaks off ends the read (truncated_gzip) after the
+  records before it. drop_torn_tail: a last line without its newline that does not parse is an interrupted
   append, dropped (and counted as torn_tail) rather than an error.
   """
   stats = stats if stats is not None else ReadStats()
   with open_bytes(path) as f:
+    lines = iter(f)
     lineno = 0
     pending: tuple[int, bytes] | None = None
-    for raw in f:
+    while True:
+      try:
+        raw = next(lines, None)
+      except (EOFError, OSError, zlib.error) as e:  # a cut-off or corrupt .gz (BadGzipFile is an OSError)
+        if pending is not None:
+          yield from _parse_line(path, *pending, required, strict, stats, torn=not pending[1].endswith(b"\n"))
+        problem = f"expected a complete gzip stream, found {type(e).__name__}: {e}"
+        if strict:
+          raise RecordError(f"{path}:{lineno + 1}: {problem}") from e
+        stats.skip("truncated_gzip")
+        return
+      if raw is None:
+        break
       lineno += 1
       if pending is not None:
         yield from _parse_line(path, *pending, required, strict, stats, torn=False)
@@ -121,6 +137,31 @@ def iter_jsonl(path: epath.PathLike, required: Sequence[str] = (), strict: bool 
     if pending is not None:
       torn = drop_torn_tail and not pending[1].endswith(b"\n")
       yield from _parse_line(path, *pending, required, strict, stats, torn=torn)
+
+
+# A \uD800-\uDFFF escape: json.loads accepts one alone (half of an emoji cut by a scraper), but such a
+# string cannot be written back as UTF-8, so it would fail far from here, at the next write.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _lone_surrogate_field(obj: Any, where: str = "") -> str | None:
+  """The first field (dotted path) of obj holding a string that is not valid Unicode, or None."""
+  if isinstance(obj, str):
+    try:
+      obj.encode("utf-8")
+    except UnicodeEncodeError:
+      return where or "(value)"
+  elif isinstance(obj, dict):
+    for k, v in obj.items():
+      bad = _lone_surrogate_field(v, f"{where}.{k}" if where else str(k))
+      if bad:
+        return bad
+  elif isinstance(obj, list):
+    for i, v in enumerate(obj):
+      bad = _lone_surrogate_field(v, f"{where}[{i}]")
+      if bad:
+        return bad
+  return None
 
 
 def _parse_line(path, lineno: int, raw: bytes, required, strict: bool, stats: ReadStats,
@@ -137,8 +178,13 @@ def _parse_line(path, lineno: int, raw: bytes, required, strict: bool, stats: Re
       obj = json.loads(text)
     except json.JSONDecodeError as e:
       problem, reason = f"expected JSON, found {e.msg} at column {e.colno}", "invalid_json"
+    else:
+      bad = _lone_surrogate_field(obj) if _SURROGATE_ESCAPE.search(raw) else None
+      if bad:
+        problem, reason = (f"expected valid Unicode, found a lone surrogate escape (\\uD800-\\uDFFF) in field "
+                           f"{bad!r}"), "invalid_unicode"
   if problem is None:
-    problem = _check_record(obj, required)
+    problem = check_record(obj, required)
     if problem is not None:
       reason = ("not_object" if not isinstance(obj, dict) else
                 "missing_field" if "missing" in problem else

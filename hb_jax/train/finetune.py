@@ -75,7 +75,7 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
   mesh = mesh or make_mesh(cfg.mesh)
   tokenizer_file = checkpoint.tokenizer_path(base_model_dir)
   if records is None:
-    records = loader.read_jsonl(train_jsonl)
+    records = loader.read_training_records(train_jsonl)
   needs_tokenizer = any("prompt_tokens" not in r for r in records)
   if tokenize is None and needs_tokenizer:
     if tokenizer_file is None:

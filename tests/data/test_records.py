@@ -33,6 +33,7 @@ def test_strict_reader_names_file_and_line(tmp_path):
     b'{"id": "x", "instruction": "I", "output": "  "}\n': "non-empty",
     b'{"id": "x", "instruction": "I", "output": 3}\n': "string",
     b"[1, 2]\n": "JSON object",
+    b'{"id": "x", "instruction": "half \\ud83d emoji", "output": "O"}\n': "lone surrogate escape",
   }
   for bad, message in cases.items():
     _write(path, [good, b"\n", bad, good])
@@ -44,12 +45,16 @@ def test_strict_reader_names_file_and_line(tmp_path):
 def test_lenient_reader_skips_and_counts(tmp_path):
   path = tmp_path / "pairs.jsonl"
   good = json.dumps(records.make_pair("I", "O", "seed")).encode() + b"\n"
-  _write(path, [good, b"{oops\n", b"\xff\n", b'{"id": "x"}\n', b'{"id":"y","instruction":"","output":"o"}\n', good])
+  # A whole escaped surrogate pair is a valid character; half of one cannot be written back as UTF-8.
+  pair = b'{"id": "z", "instruction": "\\ud83d\\ude00", "output": "o"}\n'
+  half = b'{"id": "h", "instruction": "\\ud83d", "output": "o"}\n'
+  _write(path, [good, b"{oops\n", b"\xff\n", b'{"id": "x"}\n', b'{"id":"y","instruction":"","output":"o"}\n', pair,
+                half, good])
   stats = records.ReadStats()
   got = list(records.read_pairs(path, strict=False, stats=stats))
-  assert len(got) == 2
-  assert stats.to_dict() == {"read": 2, "skipped": 4, "reasons": {
-    "invalid_json": 1, "invalid_utf8": 1, "missing_field": 1, "empty_field": 1}}
+  assert [r["id"] for r in got] == [got[0]["id"], "z", got[0]["id"]] and got[1]["instruction"] == "\U0001F600"
+  assert stats.to_dict() == {"read": 3, "skipped": 5, "reasons": {
+    "invalid_json": 1, "invalid_utf8": 1, "missing_field": 1, "empty_field": 1, "invalid_unicode": 1}}
 
 
 def test_gzip_is_read(tmp_path):
@@ -58,6 +63,26 @@ def test_gzip_is_read(tmp_path):
   with gzip.open(path, "wb") as f:
     f.write((json.dumps(records.make_segment("text", "web")) + "\n").encode())
   assert [r["text"] for r in records.read_segments(path)] == ["text"]
+
+
+def test_cut_off_or_fake_gzip_names_the_file_and_keeps_what_was_read(tmp_path):
+  import gzip
+  lines = b"".join(json.dumps(records.make_segment(f"text {i}", "web")).encode() + b"\n" for i in range(300))
+  data = gzip.compress(lines)
+  cut = tmp_path / "cut.jsonl.gz"
+  cut.write_bytes(data[:len(data) // 2])
+  seen = []
+  with pytest.raises(records.RecordError, match=rf"{cut}:\d+: expected a complete gzip stream, found EOFError"):
+    for r in records.read_segments(cut):
+      seen.append(r)
+  stats = records.ReadStats()
+  kept = list(records.read_segments(cut, strict=False, stats=stats))
+  assert 0 < len(kept) == len(seen) < 300 and kept[-1]["text"] == f"text {len(kept) - 1}"
+  assert stats.reasons == {"truncated_gzip": 1}
+  fake = tmp_path / "plain.jsonl.gz"
+  fake.write_bytes(lines[:200])
+  with pytest.raises(records.RecordError, match=rf"{fake}:1: expected a complete gzip stream, found BadGzipFile"):
+    list(records.read_segments(fake))
 
 
 def test_atomic_writer_leaves_nothing_half_written(tmp_path):

@@ -105,3 +105,24 @@ def test_split_validation_is_seeded_and_disjoint():
   assert len(tr) == 7 and len(va) == 3
   assert all(x is y for x, y in zip(va, va2))
   assert not {id(x) for x in tr} & {id(x) for x in va}
+
+
+def test_training_records_are_checked_line_by_line_before_training(tmp_path):
+  from hb_jax.data import records
+
+  path = tmp_path / "train.jsonl"
+  good = '{"instruction": "Q", "output": "A"}\n'
+  # U+2028 inside a string is JSON, not a line break (str.splitlines would split there).
+  path.write_text(good + '{"instruction": "Q\u2028two", "output": "A"}\n'
+                  + '{"prompt_tokens": [1, 2], "response_tokens": [3]}\n', encoding="utf-8")
+  got = loader.read_training_records(path)
+  assert [r.get("instruction") for r in got] == ["Q", "Q\u2028two", None]
+  for bad, message in [('{"instruction": "Q"}', "'output'"), ("[1, 2]", "JSON object"),
+                       ('{"prompt_tokens": [1], "response_tokens": ["a"]}', "'response_tokens' to be a list"),
+                       ('{"prompt_tokens": [1]}', "'response_tokens' to be a list")]:
+    path.write_text(good + bad + "\n")
+    with pytest.raises(records.RecordError, match=rf"{path}:2: .*{message}"):
+      loader.read_training_records(path)
+  path.write_bytes(good.encode() + b'{"instruction": "\xff", "output": "A"}\n')
+  with pytest.raises(records.RecordError, match=rf"{path}:2: expected UTF-8"):
+    loader.read_training_records(path)
