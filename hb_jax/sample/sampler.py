@@ -112,15 +112,19 @@ def _finish_codes(tok_b: Array, out_bm: Array, num_gen_b: Array, rule: StopRule,
   """FINISH_* code per row after appending tok_b (already written to out_bm; num_gen_b counts it)."""
   eos = jnp.any(tok_b[:, None] == rule.eos_e[None, :], axis=-1)
   stop = jnp.zeros_like(eos)
-  n, width = rule.stops_nl.shape
-  if n and width <= out_bm.shape[1]:
+  n, padded_width = rule.stops_nl.shape
+  # Only the last `width` tokens can be compared; a sequence longer than that never matches anyway
+  # (num_gen <= max_new < its length), so its cut tail is harmless.
+  width = min(padded_width, out_bm.shape[1])
+  stops_nl = rule.stops_nl[:, padded_width - width:]
+  if n:
     start_b = jnp.maximum(num_gen_b - width, 0)
     window_bl = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(out_bm, start_b)
     # A window that starts before the row's first token would be misaligned: shift its comparison by
     # requiring num_gen >= the sequence length and reading the right-aligned tail only.
     shift_b = jnp.maximum(width - num_gen_b, 0)
     window_bl = jax.vmap(lambda w, k: jnp.roll(w, k))(window_bl, shift_b)
-    match_bnl = (window_bl[:, None, :] == rule.stops_nl[None]) | (rule.stops_nl[None] < 0)
+    match_bnl = (window_bl[:, None, :] == stops_nl[None]) | (stops_nl[None] < 0)
     stop = jnp.any(jnp.all(match_bnl, axis=-1) & (num_gen_b[:, None] >= rule.stop_len_n[None]), axis=-1)
   length = num_gen_b >= max_new
   return jnp.where(eos, FINISH_EOS, jnp.where(stop, FINISH_STOP, jnp.where(length, FINISH_LENGTH, RUNNING)))

@@ -60,6 +60,14 @@ def test_stop_sequence_is_excluded(sampler, prompts, reference):
                          stop_sequences=[seq])[1]
   first = next(i for i in range(len(ref) - 1) if tuple(ref[i:i + 2]) == seq)
   assert out.tokens.tolist() == ref[:first] and out.finish_reason == "stop"
+  # Outputs shorter than the stop rule's padded width (8 tokens) still stop; a sequence longer than the
+  # output never matches.
+  short = sampler.generate(prompts, max_new_tokens=4, sampling=Sampling(), eos_ids=(),
+                           stop_sequences=[seq, (ref[0],) * 9])[1]
+  assert (short.tokens.tolist(), short.finish_reason) == ((ref[:first], "stop") if first + 2 <= 4 else
+                                                          (ref[:4], "length"))
+  one = sampler.generate(prompts, max_new_tokens=1, sampling=Sampling(), eos_ids=(), stop_sequences=[ref[:1]])
+  assert (one[1].tokens.tolist(), one[1].finish_reason) == ([], "stop")
 
 
 def test_stop_strings_release_the_row(sampler, prompts, reference):
