@@ -4,10 +4,12 @@ Every bulk pass uses this one engine: augmentation, the curation methods, evalua
 and `generate_jsonl` (hb_jax.sample.bulk).
 
 Process p of P takes the records whose id hashes to p (records.shard_of), in input order, and cuts them into
-chunks of `chunk_records`. Each finished chunk is one object, `parts/<name>-pPPPofQQQ-cCCCCC.jsonl`, written
-atomically (rename locally, whole upload + commit marker on object stores). A rerun skips committed chunks
-and redoes an unfinished one whole, with exactly the batch it had before, so results do not depend on
-where a run was killed. `merge` reads every process's chunks and writes one file in input order.
+chunks of `chunk_records`. Each finished chunk is one object, `parts/<name>-pPPPofQQQ-cCCCCC-<hash>.jsonl`,
+written atomically (rename locally, whole upload + commit marker on object stores). The hash covers the
+chunk's records and the caller's `settings`, so a rerun after the input or the settings changed computes
+the chunks that changed instead of trusting files of another job. A rerun skips committed chunks and redoes
+an unfinished one whole, with exactly the batch it had before, so results do not depend on where a run was
+killed. `merge` reads every process's chunks and writes one file in input order.
 
 The chunks to compute flow through a grain pipeline: `source(chunks).map(encode)` read with a thread and a
 small prefetch buffer, so the host work of a chunk (tokenizing its prompts: a curation prompt is ~1,000
@@ -17,7 +19,10 @@ scorer), a pure function of the chunk, so the batches a chunk runs do not depend
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
+import json
 from typing import Any, Callable, Sequence
 
 import grain
@@ -34,16 +39,29 @@ class Share:
   count: int = 1
 
 
-def chunk_path(parts: epath.Path, name: str, share: Share, chunk: int) -> epath.Path:
-  return parts / f"{name}-p{share.index:03d}of{share.count:03d}-c{chunk:06d}.jsonl"
+def fingerprint(recs: Sequence[dict], settings: str = "") -> str:
+  """12 hex digits of sha1 over `settings` and the records' fields (keys starting with "_" are the caller's
+  notes, e.g. where a record was read, and are left out)."""
+  h = hashlib.sha1(settings.encode("utf-8"))
+  for r in recs:
+    fields = {k: v for k, v in r.items() if not k.startswith("_")}
+    h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+  return h.hexdigest()[:12]
+
+
+def chunk_path(parts: epath.Path, name: str, share: Share, chunk: int, chunk_recs: Sequence[dict] = (),
+               settings: str = "") -> epath.Path:
+  return (parts / f"{name}-p{share.index:03d}of{share.count:03d}-c{chunk:06d}-"
+          f"{fingerprint(chunk_recs, settings)}.jsonl")
 
 
 def my_chunks(inputs: Sequence[dict], share: Share, chunk_records: int) -> list[list[dict]]:
   ids = [r["id"] for r in inputs]
   if len(set(ids)) != len(ids):
-    dup = next(i for i in ids if ids.count(i) > 1)
+    counts = collections.Counter(ids)
+    dup = next(i for i in ids if counts[i] > 1)
     raise ValueError(f"chunked: input ids must be unique (outputs are merged by id), found {dup!r} "
-                     f"{ids.count(dup)} times")
+                     f"{counts[dup]} times")
   mine = [r for r in inputs if records.shard_of(r["id"], share.count) == share.index]
   return [mine[i:i + chunk_records] for i in range(0, len(mine), chunk_records)]
 
@@ -51,24 +69,26 @@ def my_chunks(inputs: Sequence[dict], share: Share, chunk_records: int) -> list[
 def run(inputs: Sequence[dict], parts: epath.PathLike, name: str, fn: Callable[..., list[dict]], *,
         encode: Callable[[dict], Any] | None = None, share: Share = Share(), chunk_records: int = 256,
         desc: str = "", progress: bool = True, max_chunks: int | None = None,
-        postfix: Callable[[], dict[str, str]] | None = None) -> int:
+        postfix: Callable[[], dict[str, str]] | None = None, settings: str = "") -> int:
   """Applies `fn` to this process's share, one chunk at a time; returns how many chunks it computed (0 when
   everything was already committed).
 
   fn(chunk records) -> output records; with `encode`, fn(chunk records, [encode(r) for r in chunk]) and the
   encoding runs ahead in grain's prefetch thread. `max_chunks` stops after that many (tests of resumption);
-  `postfix` adds live figures (e.g. tokens/s) to the progress bar after each chunk.
+  `postfix` adds live figures (e.g. tokens/s) to the progress bar after each chunk. `settings`: everything
+  else the outputs depend on (e.g. sampling settings), folded into the chunk names.
   """
   parts = epath.Path(parts)
   chunks = my_chunks(inputs, share, chunk_records)
-  todo = [(i, c) for i, c in enumerate(chunks) if not records.is_committed(chunk_path(parts, name, share, i))]
+  paths = [chunk_path(parts, name, share, i, c, settings) for i, c in enumerate(chunks)]
+  todo = [(i, c) for i, c in enumerate(chunks) if not records.is_committed(paths[i])]
   if max_chunks is not None:
     todo = todo[:max_chunks]
   bar = tqdm(total=sum(len(c) for c in chunks), initial=sum(len(c) for c in chunks) - sum(len(c) for _, c in todo),
              desc=desc or name, disable=not progress, dynamic_ncols=True)
   for i, chunk, encoded in _prepared(todo, encode):
     out = fn(chunk) if encode is None else fn(chunk, encoded)
-    records.write_jsonl(chunk_path(parts, name, share, i), out)
+    records.write_jsonl(paths[i], out)
     bar.update(len(chunk))
     if postfix is not None:
       bar.set_postfix(postfix())
@@ -86,7 +106,7 @@ def _prepared(todo: list[tuple[int, list[dict]]], encode: Callable[[dict], Any] 
 
 
 def merge(inputs: Sequence[dict], parts: epath.PathLike, name: str, out: epath.PathLike, key: str, *,
-          process_count: int, chunk_records: int) -> int:
+          process_count: int, chunk_records: int, settings: str = "") -> int:
   """Writes every process's chunk outputs to `out` in the order of `inputs` (output field `key` names the
   input id; an input may have no output). Refuses if a chunk of any process is missing."""
   parts = epath.Path(parts)
@@ -94,8 +114,8 @@ def merge(inputs: Sequence[dict], parts: epath.PathLike, name: str, out: epath.P
   missing = []
   for p in range(process_count):
     share = Share(p, process_count)
-    for i in range(len(my_chunks(inputs, share, chunk_records))):
-      path = chunk_path(parts, name, share, i)
+    for i, chunk in enumerate(my_chunks(inputs, share, chunk_records)):
+      path = chunk_path(parts, name, share, i, chunk, settings)
       if not records.is_committed(path):
         missing.append(path.name)
         continue
@@ -111,15 +131,16 @@ def merge(inputs: Sequence[dict], parts: epath.PathLike, name: str, out: epath.P
   return records.write_jsonl(out, ordered())
 
 
-def count_done(inputs: Sequence[dict], parts: epath.PathLike, name: str, share: Share, chunk_records: int) -> int:
+def count_done(inputs: Sequence[dict], parts: epath.PathLike, name: str, share: Share, chunk_records: int,
+               settings: str = "") -> int:
   """Committed chunks of this share (progress reporting and tests)."""
   parts = epath.Path(parts)
-  return sum(records.is_committed(chunk_path(parts, name, share, i))
-             for i in range(len(my_chunks(inputs, share, chunk_records))))
+  return sum(records.is_committed(chunk_path(parts, name, share, i, c, settings))
+             for i, c in enumerate(my_chunks(inputs, share, chunk_records)))
 
 
 def is_complete(inputs: Sequence[dict], parts: epath.PathLike, name: str, *, process_count: int,
-                chunk_records: int) -> bool:
+                chunk_records: int, settings: str = "") -> bool:
   """Whether every process has committed every chunk of its share (what `merge` needs)."""
-  return all(count_done(inputs, parts, name, Share(p, process_count), chunk_records)
+  return all(count_done(inputs, parts, name, Share(p, process_count), chunk_records, settings)
              == len(my_chunks(inputs, Share(p, process_count), chunk_records)) for p in range(process_count))

@@ -8,19 +8,25 @@ It runs on the pipeline's chunk engine (hb_jax.data.chunked): the input is cut i
 batches, refills: a pure function of the chunk and the config), its prompts tokenized ahead by grain while
 the previous chunk decodes, and committed as one file under `<output>.parts/`. A row's key comes from its
 record id. On resume, committed chunks are skipped and a chunk cut mid-write is regenerated whole (same
-plan, so the same lines). The final file is written in input order atomically, then the parts are removed.
-Under `jax.distributed`, pass `share` so each process generates its own chunks; process 0 merges once all
-are committed.
+plan, so the same lines). The final file is written in input order atomically, then `<output>.done` with the fingerprint of the
+input and the settings, and the parts are removed; rerunning a finished job with the same input and
+settings does nothing. Chunk files are named by the same kind of fingerprint (hb_jax.data.chunked), so a
+resumed run whose input or settings changed recomputes what changed instead of reusing stale chunks.
+Under `jax.distributed`, pass `share` so each process generates its own chunks; the processes meet at a
+barrier and process 0 merges.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Iterator, Sequence
 
+import jax
 from etils import epath
+from jax.experimental import multihost_utils
 
-from hb_jax.data import chunked
+from hb_jax.data import chunked, records
 from hb_jax.sample import plan
 from hb_jax.sample.sampler import Sampler
 from hb_jax.sample.sampling import Sampling
@@ -31,32 +37,47 @@ class BulkError(ValueError):
 
 
 def read_records(path) -> Iterator[dict[str, Any]]:
-  """Records of a JSONL file, with their line numbers for error messages; duplicate ids are refused."""
-  seen: set = set()
-  with epath.Path(path).open(encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise BulkError(f"{path}:{line_no}: not JSON ({e})") from e
-      if not isinstance(rec, dict) or "id" not in rec:
-        raise BulkError(f"{path}:{line_no}: expected an object with an 'id', found {line[:80]!r}")
-      if rec["id"] in seen:
-        raise BulkError(f"{path}:{line_no}: duplicate id {rec['id']!r}")
-      seen.add(rec["id"])
-      yield {**rec, "id": str(rec["id"]), "_where": f"{path}:{line_no}"}
+  """Records of a JSONL file, each noting its file:line in `_where` for error messages. Ids (strings or
+  integers) become strings; duplicates, also between 1 and "1", are refused."""
+  seen: dict[str, int] = {}
+  try:
+    for line_no, rec in records.iter_jsonl(path):
+      rid = rec.get("id")
+      if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+        raise BulkError(f"{path}:{line_no}: expected an 'id' (a string or an integer), found {rid!r}")
+      rid = str(rid)
+      if rid in seen:
+        raise BulkError(f"{path}:{line_no}: duplicate id {rid!r} (first on line {seen[rid]})")
+      seen[rid] = line_no
+      yield {**rec, "id": rid, "_where": f"{path}:{line_no}"}
+  except records.RecordError as e:
+    raise BulkError(str(e)) from e
 
 
-def _prompt_tokens(rec, tokenizer) -> list[int]:
+def check_tokens(rec: dict, tokens: Any, vocab_size: int) -> list[int]:
+  """The record's prompt token ids, or a BulkError naming its file:line."""
+  if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+    raise BulkError(f"{rec['_where']}: record {rec['id']!r}: expected 'tokens' to be a list of token ids, "
+                    f"found {str(tokens)[:60]}")
+  if not tokens:
+    raise BulkError(f"{rec['_where']}: record {rec['id']!r}: the prompt is empty; it needs at least one token")
+  bad = [t for t in tokens if not 0 <= t < vocab_size]
+  if bad:
+    raise BulkError(f"{rec['_where']}: record {rec['id']!r}: token ids must be in [0, {vocab_size}), found {bad[0]}")
+  return tokens
+
+
+def _prompt_tokens(rec, tokenizer, vocab_size: int) -> list[int]:
   if "tokens" in rec:
-    return [int(t) for t in rec["tokens"]]
+    return check_tokens(rec, rec["tokens"], vocab_size)
   for key in ("prompt", "text"):
     if key in rec:
       if tokenizer is None:
         raise BulkError(f"{rec['_where']}: record {rec['id']!r} has a string {key!r} but no tokenizer was given")
-      return tokenizer.encode(rec[key], bos=True)
+      if not isinstance(rec[key], str):
+        raise BulkError(f"{rec['_where']}: record {rec['id']!r}: expected {key!r} to be a string, found "
+                        f"{type(rec[key]).__name__}")
+      return check_tokens(rec, tokenizer.encode(rec[key], bos=True), vocab_size)
   raise BulkError(f"{rec['_where']}: record {rec['id']!r} has none of 'tokens', 'prompt', 'text'")
 
 
@@ -73,9 +94,26 @@ def generate_jsonl(sampler: Sampler, input_path, output_path, *, max_new_tokens:
   cfg = sampler.config
   seed = cfg.seed if seed is None else seed
   inputs = list(read_records(input_path))
+  vocab = sampler.cfg.vocab_size
+  for rec in inputs:  # token prompts are checked before any work; text prompts once tokenized
+    if "tokens" in rec:
+      check_tokens(rec, rec["tokens"], vocab)
   parts = epath.Path(f"{output_path}.parts")
   stop_strings = tuple(s for s in stop if isinstance(s, str))
   stop_sequences = tuple(tuple(s) for s in stop if not isinstance(s, str))
+  # Everything an output line depends on besides its record: chunks are named by it (a changed setting
+  # recomputes instead of reusing another job's chunks), and a finished output carries it in its marker.
+  settings = json.dumps({"max_new_tokens": max_new_tokens, "sampling": None if sampling is None else
+                         dataclasses.asdict(sampling), "stop": [list(x) if not isinstance(x, str) else x for x in stop],
+                         "eos_ids": None if eos_ids is None else list(eos_ids), "seed": seed,
+                         "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
+                         "sample_config": dataclasses.asdict(cfg), "model": dataclasses.asdict(sampler.cfg)},
+                        sort_keys=True, default=str)
+  job = chunked.fingerprint(inputs, settings)
+  marker = epath.Path(f"{output_path}.done")
+  if marker.exists() and marker.read_text().strip() == job and epath.Path(output_path).exists():
+    return dict(records=0, complete=True, generated_tokens=0, seconds=0.0, tokens_per_s=0.0, utilisation=0.0,
+                decode_steps=0, compilations=dict(sampler.compilations))
   stats0 = dict(sampler.stats)
   t0 = time.perf_counter()
   totals = {"records": 0, "tokens": 0}
@@ -98,14 +136,18 @@ def generate_jsonl(sampler: Sampler, input_path, output_path, *, max_new_tokens:
   def postfix() -> dict[str, str]:
     return {"tok_s": f"{totals['tokens'] / max(time.perf_counter() - t0, 1e-9):.1f}"}
 
-  chunked.run(inputs, parts, "generate", fn, encode=lambda r: _prompt_tokens(r, tokenizer), share=share,
+  chunked.run(inputs, parts, "generate", fn, encode=lambda r: _prompt_tokens(r, tokenizer, vocab), share=share,
               chunk_records=cfg.bulk_chunk_records, desc="generate", progress=progress,
-              max_chunks=stop_after_chunks, postfix=postfix)
+              max_chunks=stop_after_chunks, postfix=postfix, settings=settings)
+  if share.count > 1 and jax.process_count() == share.count and stop_after_chunks is None:
+    # Under jax.distributed, wait for every process's share, so process 0 sees it all and merges now.
+    multihost_utils.sync_global_devices("bulk-generate")
   complete = chunked.is_complete(inputs, parts, "generate", process_count=share.count,
-                                 chunk_records=cfg.bulk_chunk_records)
+                                 chunk_records=cfg.bulk_chunk_records, settings=settings)
   if complete and share.index == 0:
     chunked.merge(inputs, parts, "generate", output_path, "id", process_count=share.count,
-                  chunk_records=cfg.bulk_chunk_records)
+                  chunk_records=cfg.bulk_chunk_records, settings=settings)
+    records.write_bytes_atomic(marker, f"{job}\n".encode())
     parts.rmtree()
   elapsed = time.perf_counter() - t0
   delta = {k: v - stats0.get(k, 0) for k, v in sampler.stats.items()}
