@@ -320,6 +320,11 @@ class Sampler:
     spec = DecodeSpec(sampling, max_new, min(cfg.chunk_steps, max_new))
     rule = StopRule.make(eos, stops)
 
+    limit = self.cfg.max_position_embeddings
+    for i, p in enumerate(prompts):
+      if len(p) + max_new - 1 > limit:  # the last new token is sampled, never fed back
+        raise plan.PlanError(f"prompt {i}: {len(p)} tokens + max_new_tokens {max_new} pass the model's "
+                             f"max_position_embeddings ({limit}); shorten the prompt or max_new_tokens")
     p_len = prefix_kv.prefix_length(prompts, prefix, cfg.prefix_min_tokens)
     prefix_cache = None
     if p_len:

@@ -113,6 +113,12 @@ class Scorer:
       out.append(a.astype(np.int32))
     return out
 
+  def _check_fits(self, i: int, length: int, what: str) -> None:
+    limit = self.cfg.max_position_embeddings
+    if length > limit:
+      raise plan.PlanError(f"sequence {i}: {what} is {length} tokens, past the model's max_position_embeddings "
+                           f"({limit}); positions beyond it were never trained")
+
   def _shared_prefix(self, contexts: Sequence[np.ndarray], prefix: int | str | None):
     """(prefix KV or None, its length): 'auto' reuses the contexts' common prefix when it is at least
     config.prefix_min_tokens long (each context keeps >= 1 token of its own); an int forces a length."""
@@ -130,9 +136,10 @@ class Scorer:
       raise ValueError(f"loglikelihood: {len(contexts)} contexts but {len(continuations)} continuations")
     ctx = self._check(contexts, "context")
     cont = self._check(continuations, "continuation")
-    for i, c in enumerate(ctx):
+    for i, (c, k) in enumerate(zip(ctx, cont)):
       if not len(c):
         raise ValueError(f"loglikelihood: context {i} is empty; it needs at least one token (e.g. BOS)")
+      self._check_fits(i, len(c) + len(k), "context + continuation")
     out = np.zeros(len(ctx), np.float32)
     if not ctx:
       return out
@@ -165,9 +172,14 @@ class Scorer:
     cand = np.asarray(self._check([candidates], "candidates")[0], np.int32)
     if not cand.size:
       raise ValueError("candidate_logprobs: candidates is empty")
+    if len(set(cand.tolist())) != cand.size:  # a repeated id would count its probability twice
+      dup = next(c for c in cand.tolist() if cand.tolist().count(c) > 1)
+      raise ValueError(f"candidate_logprobs: expected distinct candidate ids, found {dup} repeated in "
+                       f"{cand.tolist()}")
     for i, c in enumerate(ctx):
       if not len(c):
         raise ValueError(f"candidate_logprobs: context {i} is empty")
+      self._check_fits(i, len(c), "context")
     out = np.zeros((len(ctx), cand.size), np.float32)
     if not ctx:
       return out

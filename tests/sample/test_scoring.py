@@ -64,6 +64,18 @@ def test_scoring_rejects_bad_input(lm):
     lm.loglikelihood([[]], [[3]])
   with pytest.raises(ValueError, match=r"token ids must be in \[0, 128\)"):
     lm.loglikelihood([[1]], [[500]])
+  # A repeated candidate would count its probability twice in the renormalised distribution.
+  with pytest.raises(ValueError, match="expected distinct candidate ids, found 3 repeated"):
+    lm.scorer().candidate_distribution([[1, 2]], [3, 3, 4])
+  # Past the model's trained context (TINY: 512 positions), for scoring and for generation alike.
+  with pytest.raises(ValueError, match=r"sequence 1: context \+ continuation is 513 tokens, past the model's "
+                                       r"max_position_embeddings \(512\)"):
+    lm.loglikelihood([[1], [1] * 500], [[2], [2] * 13])
+  with pytest.raises(ValueError, match=r"sequence 0: context is 600 tokens"):
+    lm.scorer().candidate_logprobs([[1] * 600], [3, 4])
+  with pytest.raises(ValueError, match=r"prompt 0: 500 tokens \+ max_new_tokens 14 pass"):
+    lm.generate([[1] * 500], 14)
+  assert len(lm.generate([[1] * 500], 13)[0]) <= 13  # the 13th new token is sampled, never fed back
 
 
 def test_shared_prefix_reuse_changes_no_score(lm):
