@@ -9,6 +9,7 @@ Orbax user can restore them without hb_jax; `restore_params` reshards onto whate
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -72,8 +73,11 @@ def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=Non
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False))
   checkpointer.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(tree))
   checkpointer.close()
-  if tokenizer_file is not None:
-    src = epath.Path(tokenizer_file)
+  src = None if tokenizer_file is None else epath.Path(tokenizer_file)
+  for name in TOKENIZER_FILES:  # a tokenizer left from the model this one replaces would be loaded with it
+    if (src is None or name != src.name) and (path / name).exists() and jax.process_index() == 0:
+      (path / name).unlink()
+  if src is not None and not _same_file(src, path / src.name):
     src.copy(path / src.name, overwrite=True)
   meta = cfg.to_dict()
   if extra_json:
@@ -81,6 +85,12 @@ def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=Non
   if jax.process_index() == 0:
     (path / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
   return path
+
+
+def _same_file(a: epath.Path, b: epath.Path) -> bool:
+  """Whether two paths name one local file (copying a file onto itself fails)."""
+  local = "://" not in os.fspath(a) and "://" not in os.fspath(b)
+  return local and b.exists() and os.path.samefile(os.fspath(a), os.fspath(b))
 
 
 def tokenizer_path(path) -> epath.Path | None:
@@ -119,9 +129,14 @@ def restore_params(path, cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULE
   path = epath.Path(path)
   checkpointer = ocp.StandardCheckpointer()
   try:
-    stored = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
-  except FileNotFoundError as e:
+    meta = checkpointer.metadata(path / PARAMS_DIR)
+  except (FileNotFoundError, ValueError, OSError) as e:
     raise CheckpointError(f"{path}: {PARAMS_DIR}/ is missing or unreadable: {e}") from e
+  item = getattr(meta, "item_metadata", None)
+  stored = getattr(item, "tree", None)
+  if stored is None:  # this Orbax returns empty metadata, not an error, for a folder it cannot read
+    raise CheckpointError(f"{path / PARAMS_DIR}: not a readable Orbax checkpoint (missing, or its _METADATA "
+                          "is gone); the model folder is incomplete or damaged")
   expected = nnx.to_pure_dict(abstract_params(cfg))
   check_tree_matches(expected, stored, where=str(path / PARAMS_DIR))
   shardings = params_shardings(cfg, mesh, rules)

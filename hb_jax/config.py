@@ -152,7 +152,13 @@ class ModelConfig:
 
   @classmethod
   def from_json(cls, text: str, where: str = "model.json") -> "ModelConfig":
-    return cls.from_dict(json.loads(text), where)
+    try:
+      data = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+      raise ConfigError(f"{where}: expected a JSON object of ModelConfig fields, found {type(data).__name__}")
+    return cls.from_dict(data, where)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,13 +140,18 @@ def _rewrite_tensors(hf_dir, edit):
 
 
 @pytest.mark.parametrize("problem,message", [
+    ("dtype", "tensor model.layers.0.self_attn.q_proj.weight: expected a float dtype (float32, float16, "
+              "bfloat16, float64), found int32"),
     ("missing", "missing tensor model.layers.1.mlp.up_proj.weight"),
     ("extra", "unexpected tensor model.layers.0.self_attn.q_proj.bias"),
     ("shape", "tensor model.layers.0.self_attn.k_proj.weight: expected shape (32, 32), found (31, 32)"),
 ])
 def test_bad_tensors_are_named_and_nothing_is_written(tmp_path, problem, message):
   _, hf_dir = make_hf_llama(tmp_path)
-  if problem == "missing":
+  if problem == "dtype":  # an integer tensor would have been cast to nonsense weights
+    _rewrite_tensors(hf_dir, lambda t: t.__setitem__("model.layers.0.self_attn.q_proj.weight",
+                                                     (t["model.layers.0.self_attn.q_proj.weight"] * 100).astype(np.int32)))
+  elif problem == "missing":
     _rewrite_tensors(hf_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
   elif problem == "extra":
     _rewrite_tensors(hf_dir, lambda t: t.__setitem__("model.layers.0.self_attn.q_proj.bias",
@@ -202,3 +207,82 @@ def test_incomplete_model_folder_is_refused(tmp_path):
   (ours / "model.json").unlink()
   with pytest.raises(CheckpointError, match="not finished being written"):
     api.load(ours)
+
+
+def test_failed_overwrite_keeps_the_model_and_a_replaced_tokenizer_goes(tmp_path):
+  from safetensors.numpy import load_file, save_file
+
+  _, hf_dir = make_hf_llama(tmp_path)
+  import tokenizers
+  from tokenizers.models import WordLevel
+
+  vocab = {"<s>": 1, "</s>": 2, "a": 3, "[UNK]": 0}
+  tokenizers.Tokenizer(WordLevel(vocab, unk_token="[UNK]")).save(str(hf_dir / "tokenizer.json"))
+  out = convert_hf(hf_dir, tmp_path / "ours")
+  tokens = random_tokens(32, 1, 5)
+  before = api.load(out).logits(tokens)
+  # A bad input fails before the output is touched, even with overwrite.
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  for f in hf_dir.iterdir():
+    (broken / f.name).write_bytes(f.read_bytes())
+  tensors = load_file(str(broken / "model.safetensors"))
+  tensors.pop("model.norm.weight")
+  save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+  with pytest.raises(ConversionError, match="missing tensor model.norm.weight"):
+    convert(broken, out, overwrite=True)
+  np.testing.assert_array_equal(api.load(out).logits(tokens), before)
+  assert (out / "tokenizer.json").exists()
+  # A model without that tokenizer replaces the folder: the old tokenizer must not be loaded with it.
+  (hf_dir / "tokenizer.json").unlink()
+  convert(hf_dir, out, overwrite=True)
+  assert not (out / "tokenizer.json").exists() and api.load(out).tokenizer is None
+
+
+def test_ambiguous_or_malformed_sources_are_named(tmp_path):
+  from safetensors.numpy import save_file
+
+  _, hf_dir = make_hf_llama(tmp_path)
+  save_file({"model.norm.weight": np.zeros(32, np.float32)}, str(hf_dir / "zz_extra.safetensors"))
+  with pytest.raises(ConversionError, match=r"tensor model.norm.weight is in both model.safetensors and "
+                                            r"zz_extra.safetensors"):
+    convert(hf_dir, tmp_path / "out")
+  (hf_dir / "zz_extra.safetensors").unlink()
+  (hf_dir / "model.safetensors.index.json").write_text("{}")
+  with pytest.raises(ConversionError, match="index.json: expected a 'weight_map' object"):
+    convert(hf_dir, tmp_path / "out")
+  (hf_dir / "model.safetensors.index.json").write_text("{oops")
+  with pytest.raises(ConversionError, match="index.json: not valid JSON"):
+    convert(hf_dir, tmp_path / "out")
+  (hf_dir / "model.safetensors.index.json").unlink()
+  (hf_dir / "config.json").write_text("[1, 2]")
+  with pytest.raises(ConfigError, match="config.json: expected a JSON object"):
+    convert(hf_dir, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
+def test_damaged_model_folder_is_named(tmp_path):
+  import shutil
+
+  _, hf_dir = make_hf_llama(tmp_path)
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  shutil.rmtree(ours / "params")
+  with pytest.raises(CheckpointError, match=r"ours/params: not a readable Orbax checkpoint"):
+    api.load(ours)
+  (ours / "model.json").write_text("{")
+  with pytest.raises(ConfigError, match=r"model.json: not valid JSON"):
+    api.load(ours)
+
+
+def test_meta_llama3_ids_and_tiktoken_tokenizer(tmp_path):
+  from hb_jax.convert.hf_config import model_config_from_meta
+  from hb_jax.convert.sources import _tokenizer_in
+
+  params = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "rope_theta": 5e5}
+  llama3 = model_config_from_meta(params, 128256, 224)
+  assert (llama3.bos_id, llama3.eos_id) == (128000, 128001)
+  assert (model_config_from_meta(params, 32000, 224).bos_id, model_config_from_meta(params, 32000, 224).eos_id) == (1, 2)
+  (tmp_path / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")  # tiktoken: "<base64> <rank>" lines
+  assert _tokenizer_in(tmp_path) is None
+  (tmp_path / "tokenizer.json").write_text("{}")
+  assert _tokenizer_in(tmp_path) == tmp_path / "tokenizer.json"

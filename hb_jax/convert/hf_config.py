@@ -115,6 +115,9 @@ def model_config_from_meta(params: Mapping[str, Any], vocab_size: int, intermedi
         num_kv_heads=int(params.get("n_kv_heads") or n_heads), intermediate_size=intermediate_size,
         multiple_of=int(params.get("multiple_of", 256)), ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
         rms_norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=float(params.get("rope_theta", 10000.0)),
-        rope_scaling=scaling, max_position_embeddings=int(params.get("max_seq_len", 2048)))
+        rope_scaling=scaling, max_position_embeddings=int(params.get("max_seq_len", 2048)),
+        # LLaMA-3's tiktoken vocabulary puts <|begin_of_text|> / <|end_of_text|> after its 128000 BPE tokens;
+        # LLaMA 1/2's sentencepiece has BOS 1, EOS 2 (the ModelConfig defaults).
+        **(dict(bos_id=128000, eos_id=128001) if vocab_size >= 128002 else {}))
   except KeyError as e:
     raise ConfigError(f"{where}: required key {e.args[0]!r} is missing") from e

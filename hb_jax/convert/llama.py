@@ -86,6 +86,8 @@ def expected_hf_names(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return names
 
 
+_WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
 # Tensors some HF checkpoints carry that hold no parameters (recomputed from the config).
 _IGNORABLE_SUFFIXES = (".rotary_emb.inv_freq",)
 
@@ -101,6 +103,8 @@ def validate_source(source: TensorSource, cfg: ModelConfig) -> None:
   for n in sorted(set(expected) & found):
     if source.shape(n) != expected[n]:
       problems.append(f"tensor {n}: expected shape {expected[n]}, found {source.shape(n)}")
+    if source.dtype(n) not in _WEIGHT_DTYPES:  # an integer tensor would be cast to nonsense weights
+      problems.append(f"tensor {n}: expected a float dtype ({', '.join(_WEIGHT_DTYPES)}), found {source.dtype(n)}")
   if problems:
     shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
     raise ConversionError(f"{source.where}: checkpoint does not match its config:\n  " + "\n  ".join(shown))
@@ -146,19 +150,22 @@ def hf_tensors_from_params(params: dict, cfg: ModelConfig, dtype=None) -> Iterat
 
 
 def convert(input_dir, output_dir, *, param_dtype: str = "float32", overwrite: bool = False) -> ModelConfig:
-  """HF or Meta LLaMA folder -> hb_jax model folder. On any failure nothing is left at output_dir."""
+  """HF or Meta LLaMA folder -> hb_jax model folder. A bad input fails before output_dir is touched (with
+  overwrite, the model already there stays); a failure while writing leaves no loadable half-folder."""
   output_dir = epath.Path(output_dir)
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
     raise ConversionError(f"{output_dir}: output exists and is not empty (pass --overwrite)")
   source = open_source(input_dir)
   cfg = dataclasses.replace(source.config, param_dtype=param_dtype)
+  import jax
+
+  # Everything that can fail on a bad input (names, shapes, dtypes, unreadable tensors) fails here, before
+  # the output folder is touched, so a failed --overwrite leaves the model that was there.
+  params = params_from_source(source, cfg, dtype=np.dtype(param_dtype) if param_dtype != "bfloat16"
+                              else _bf16(), place=jax.device_put)
+  source.close()
   created = not output_dir.exists()
   try:
-    import jax
-
-    params = params_from_source(source, cfg, dtype=np.dtype(param_dtype) if param_dtype != "bfloat16"
-                                else _bf16(), place=jax.device_put)
-    source.close()
     checkpoint.save_model_folder(output_dir, cfg, params, tokenizer_file=source.tokenizer_file,
                                  extra_json={"converted_from": str(input_dir),
                                              "source_dtype": getattr(source, "torch_dtype", None)},

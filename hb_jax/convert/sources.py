@@ -9,6 +9,7 @@ hb_jax params serves both.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Protocol
 
@@ -17,6 +18,9 @@ from etils import epath
 
 from hb_jax.config import ConfigError, ModelConfig
 from hb_jax.convert.hf_config import model_config_from_hf, model_config_from_meta
+
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(RuntimeError):
@@ -30,15 +34,50 @@ class TensorSource(Protocol):
 
   def names(self) -> list[str]: ...
   def shape(self, name: str) -> tuple[int, ...]: ...
+  def dtype(self, name: str) -> str: ...  # "float32", "float16", "bfloat16", or what else was found
   def get(self, name: str) -> np.ndarray: ...
   def close(self) -> None: ...
 
 
 def _tokenizer_in(folder: epath.Path) -> epath.Path | None:
   for name in ("tokenizer.model", "tokenizer.json"):
-    if (folder / name).exists():
-      return folder / name
+    path = folder / name
+    if not path.exists():
+      continue
+    if name == "tokenizer.model" and is_tiktoken_file(path):
+      # Meta's LLaMA-3 tokenizer is tiktoken BPE, which hb_jax reads only as HF's tokenizer.json: the weights
+      # convert fine, but carrying this file as sentencepiece would make the model folder unloadable.
+      log.warning("%s: a tiktoken BPE file (LLaMA-3), not sentencepiece; not copied. Put tokenizer.json from "
+                  "the Hugging Face release in the model folder.", path)
+      continue
+    return path
   return None
+
+
+def _read_json_object(path: epath.Path, error=ConversionError) -> dict:
+  """A JSON file holding an object, or `error` naming the file."""
+  try:
+    value = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise error(f"{path}: not valid JSON: {e}") from e
+  except UnicodeDecodeError as e:
+    raise error(f"{path}: not UTF-8 text: {e}") from e
+  if not isinstance(value, dict):
+    raise error(f"{path}: expected a JSON object, found {type(value).__name__}")
+  return value
+
+
+def is_tiktoken_file(path: epath.Path) -> bool:
+  """Whether a `tokenizer.model` is tiktoken BPE text (Meta's LLaMA-3 release: "<base64 token> <rank>"
+  lines), not a sentencepiece model."""
+  with path.open("rb") as f:
+    head = f.read(256)
+  first = head.split(b"\n", 1)[0]
+  return bool(re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", first))
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 class HFSource:
@@ -50,16 +89,16 @@ class HFSource:
     self.folder = epath.Path(folder)
     self.where = str(self.folder)
     cfg_path = self.folder / "config.json"
-    try:
-      hf_cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"{cfg_path}: not valid JSON: {e}") from e
+    hf_cfg = _read_json_object(cfg_path, ConfigError)
     self.config = model_config_from_hf(hf_cfg, where=str(cfg_path), **config_overrides)
     self.torch_dtype = hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32"
     self.tokenizer_file = _tokenizer_in(self.folder)
     index = self.folder / "model.safetensors.index.json"
     if index.exists():
-      weight_map = json.loads(index.read_text())["weight_map"]
+      weight_map = _read_json_object(index).get("weight_map")
+      if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ConversionError(f"{index}: expected a 'weight_map' object of tensor name -> file name, found "
+                              f"{str(weight_map)[:80]}")
       files = sorted(set(weight_map.values()))
     else:
       files = sorted(p.name for p in self.folder.glob("*.safetensors"))
@@ -82,6 +121,9 @@ class HFSource:
       for key in handle.keys():
         if weight_map is not None and weight_map.get(key) != name:
           continue
+        if key in self._file_of:  # without an index, two files holding one name would race silently
+          raise ConversionError(f"{self.folder}: tensor {key} is in both {self._file_of[key]} and {name}; "
+                                "remove the extra file or add a model.safetensors.index.json")
         self._file_of[key] = name
     if weight_map is not None:
       missing = sorted(k for k, f in weight_map.items() if self._file_of.get(k) != f)
@@ -93,6 +135,10 @@ class HFSource:
 
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._handles[self._file_of[name]].get_slice(name).get_shape())
+
+  def dtype(self, name: str) -> str:
+    found = self._handles[self._file_of[name]].get_slice(name).get_dtype()
+    return _SAFETENSORS_DTYPES.get(found, found)
 
   def get(self, name: str) -> np.ndarray:
     return self._handles[self._file_of[name]].get_tensor(name)
@@ -154,10 +200,7 @@ class MetaSource:
     self.folder = epath.Path(folder)
     self.where = str(self.folder)
     params_path = self.folder / "params.json"
-    try:
-      self.meta_params = json.loads(params_path.read_text())
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"{params_path}: not valid JSON: {e}") from e
+    self.meta_params = _read_json_object(params_path, ConfigError)
     shard_paths = sorted(self.folder.glob("consolidated.*.pth"))
     if not shard_paths:
       raise ConversionError(f"{self.folder}: params.json but no consolidated.*.pth files")
@@ -216,6 +259,10 @@ class MetaSource:
     if axis is not None:
       shape[axis] = sum(s[key].shape[axis] for s in self._shards)
     return tuple(shape)
+
+  def dtype(self, name: str) -> str:
+    key, _ = self._names[name]
+    return str(self._shards[0][key].dtype).removeprefix("torch.")
 
   def get(self, name: str) -> np.ndarray:
     key, axis = self._names[name]
