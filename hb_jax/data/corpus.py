@@ -241,9 +241,12 @@ def _strip_compression(name: str) -> str:
 
 
 def file_kind(path: str) -> str | None:
-  name = _strip_compression(os.path.basename(path).lower())
+  base = os.path.basename(path).lower()
+  name = _strip_compression(base)
   if name.endswith(WARC_SUFFIXES):
-    return "warc"
+    return "warc"  # the WARC reader decompresses .gz and .lz4 itself
+  if base.endswith(".lz4"):
+    return None  # other readers un-gzip only; reading lz4 bytes as a page would lose it silently
   if name.endswith(HTML_SUFFIXES):
     return "html"
   if name.endswith(JSONL_SUFFIXES):
@@ -308,7 +311,7 @@ def plan_units(inputs: Sequence[str], config: CorpusConfig = CorpusConfig()) -> 
     elif path.exists():
       if file_kind(spec) is None:
         raise ValueError(f"{spec}: expected a file ending in one of {HTML_SUFFIXES + WARC_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES} "
-                         f"(optionally {COMPRESSED}), found {os.path.basename(spec)!r}")
+                         f"(optionally .gz; WARC also .lz4), found {os.path.basename(spec)!r}")
       files = [spec]
     else:
       raise FileNotFoundError(f"expected a file, folder, glob or tfds:NAME:SPLIT, found nothing at {spec!r}")
@@ -336,15 +339,15 @@ def _warc_documents(path: str) -> Iterator[Document | str]:
 
 
 def _jsonl_documents(path: str, config: CorpusConfig, strict: bool, stats: records.ReadStats) -> Iterator[Document | str]:
-  for _, r in records.iter_jsonl(path, strict=strict, stats=stats):
+  for lineno, r in records.iter_jsonl(path, strict=strict, stats=stats):
     url = r.get("url") or r.get("id")
     if isinstance(r.get(config.html_field), str):
       yield Document(r[config.html_field], "html", url)
     elif isinstance(r.get(config.text_field), str):
       yield Document(r[config.text_field], "text", url)
     elif strict:
-      raise records.RecordError(f"{path}: expected a string field {config.text_field!r} or {config.html_field!r}, "
-                                f"found fields {sorted(r)[:10]}")
+      raise records.RecordError(f"{path}:{lineno}: expected a string field {config.text_field!r} or "
+                                f"{config.html_field!r}, found fields {sorted(r)[:10]}")
     else:
       yield "skipped_no_text_field"
 
@@ -656,6 +659,10 @@ def prepare_corpus(inputs: Sequence[str], output: epath.PathLike, config: Corpus
   with records.AtomicJsonlWriter(output) as w:
     for seg in iter_segments(inputs, config, strict, workers, stats):
       w.write(seg)
+    if not stats.counts["kept"]:  # raised inside the writer: no empty segments.jsonl is committed
+      counts = {k: v for k, v in stats.to_dict()["counts"].items() if v}
+      raise ValueError(f"{list(inputs)[:3]}: expected at least one segment, found none after the filters "
+                       f"(counts: {counts})")
   summary = stats.to_dict()
   summary["config"] = dataclasses.asdict(config)
   summary["inputs"] = list(inputs)

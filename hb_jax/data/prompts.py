@@ -192,8 +192,9 @@ def rating_query(tok: Any, instruction: str, output: str, reasoning: str | None 
 
 
 # `Score:` optionally wrapped in markdown emphasis (`**Score:** 4`, `**Score: 4**`, `*Score*: 4`,
-# `__Score:__ 4`), then one digit 1-5 that is not the start of a longer number ("Score: 10" is no 1).
-SCORE_RE = re.compile(r"(?<![A-Za-z0-9])[*_]{0,3}Score[*_]{0,3}\s*:[*_]{0,3}\s*[*_]{0,3}([1-5])\b")
+# `__Score: 4__`), then one digit 1-5 that is not the start of a longer number ("Score: 10" is no 1). A digit
+# followed by `_` counts (`\b` would refuse `__Score: 4__`, since `_` is a word character).
+SCORE_RE = re.compile(r"(?<![A-Za-z0-9])[*_]{0,3}Score[*_]{0,3}\s*:[*_]{0,3}\s*[*_]{0,3}([1-5])(?![0-9])")
 
 
 def parse_rating(generated: str, prompt: str | None = None) -> int | None:

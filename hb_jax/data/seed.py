@@ -65,6 +65,10 @@ def _from_messages(rows: Iterator[tuple[int, dict]], stats: SeedStats, where: st
   roots: dict[str, dict] = {}
   best_reply: dict[str, dict] = {}  # parent message_id -> its rank-0 English assistant reply
   for lineno, m in rows:
+    if not _usable(m):  # dropped whatever else it lacks (a deleted message may have an empty text)
+      stats.counts["messages"] += 1
+      stats.counts["dropped_deleted_or_rejected"] += 1
+      continue
     for key in ("message_id", "role", "text"):
       if not _is_text(m.get(key)):
         if strict:
@@ -73,9 +77,7 @@ def _from_messages(rows: Iterator[tuple[int, dict]], stats: SeedStats, where: st
         break
     else:
       stats.counts["messages"] += 1
-      if not _usable(m):
-        stats.counts["dropped_deleted_or_rejected"] += 1
-      elif m.get("parent_id") is None:
+      if m.get("parent_id") is None:
         if m["role"] != "prompter":
           stats.counts["dropped_root_not_prompter"] += 1
         elif m.get("lang") != "en":
@@ -103,15 +105,16 @@ def _from_trees(rows: Iterator[tuple[int, dict]], stats: SeedStats, where: str, 
   pairs = []
   for lineno, tree in rows:
     prompt = tree.get("prompt")
+    if isinstance(prompt, dict) and not _usable(prompt):  # dropped even if its text is gone
+      stats.counts["trees"] += 1
+      stats.counts["dropped_deleted_or_rejected"] += 1
+      continue
     if not isinstance(prompt, dict) or not _is_text(prompt.get("text")):
       if strict:
         raise records.RecordError(f"{where}:{lineno}: expected an oasst1 tree with prompt.text, found {str(prompt)[:80]!r}")
       stats.read.skip("missing_field")
       continue
     stats.counts["trees"] += 1
-    if not _usable(prompt):
-      stats.counts["dropped_deleted_or_rejected"] += 1
-      continue
     if prompt.get("role", "prompter") != "prompter":
       stats.counts["dropped_root_not_prompter"] += 1
       continue
@@ -186,8 +189,14 @@ def select_seed(path: epath.PathLike, max_pairs: int | None = DEFAULT_MAX, stric
 def prepare_seed(input_path: epath.PathLike, output_path: epath.PathLike, max_pairs: int | None = DEFAULT_MAX,
                  strict: bool = True) -> SeedStats:
   """Selects and writes seed.jsonl atomically, with `<output>.stats.json` beside it."""
+  if max_pairs is not None and max_pairs < 0:
+    raise ValueError(f"prepare_seed: expected max_pairs >= 0 (0 or None: no cap), found {max_pairs}")
   stats = SeedStats()
-  pairs = select_seed(input_path, max_pairs, strict, stats)
+  pairs = select_seed(input_path, max_pairs or None, strict, stats)
+  if not pairs:  # an empty seed would only fail later, at the first training stage
+    dropped = {k: v for k, v in stats.counts.items() if k.startswith("dropped_") and v}
+    raise records.RecordError(f"{input_path}: expected at least one usable seed pair, found none "
+                              f"(dropped: {dropped or 'nothing'}; read: {stats.read.to_dict()})")
   records.write_jsonl(output_path, pairs)
   records.write_json(stats_path(output_path), stats.to_dict())
   return stats

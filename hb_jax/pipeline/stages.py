@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from etils import epath
@@ -108,11 +108,23 @@ def prepare(ctx: Context) -> dict[str, str]:
   return _prepare_files(ctx)
 
 
+def _unique_ids(path, required) -> Iterator[dict]:
+  """Records of a user's JSONL; a repeated id is refused here, naming both lines, rather than after the
+  backward model has trained (the bulk stages merge their outputs by id)."""
+  first_line: dict[str, int] = {}
+  for lineno, r in records.iter_jsonl(path, required):
+    if r["id"] in first_line:
+      raise records.RecordError(f"{path}:{lineno}: duplicate id {r['id']!r} (first on line {first_line[r['id']]}); "
+                                "ids name records, so each must be unique")
+    first_line[r["id"]] = lineno
+    yield r
+
+
 def _prepare_files(ctx: Context) -> dict[str, str]:
   inp = ctx.cfg.inputs
   if ctx.is_writer:
-    seed = [_as_seed(r) for r in records.read_pairs(inp.seed_jsonl)]
-    segs = records.read_segments(inp.segments_jsonl)
+    seed = [_as_seed(r) for r in _unique_ids(inp.seed_jsonl, records.PAIR_REQUIRED)]
+    segs = _unique_ids(inp.segments_jsonl, records.SEGMENT_REQUIRED)
     kept = []
     for s in segs:
       kept.append({"id": s["id"], "text": s["text"], "source": s["source"],

@@ -133,6 +133,22 @@ def test_bad_jsonl_strict_and_lenient(tmp_path):
   (tmp_path / "x.pdf").write_bytes(b"%PDF")
   with pytest.raises(ValueError, match="expected a file ending"):
     corpus.plan_units([str(tmp_path / "x.pdf")])
+  # A record without text names its line; lz4 is read for WARC only (other readers would parse the
+  # compressed bytes as a page); a corpus that keeps nothing is an error and writes no segments file.
+  no_text = tmp_path / "no_text.jsonl"
+  no_text.write_text(json.dumps({"text": _english(800, 9)}) + "\n" + json.dumps({"body": "x"}) + "\n")
+  with pytest.raises(records.RecordError, match=rf"{no_text}:2: expected a string field 'text'"):
+    list(corpus.iter_segments([str(no_text)], workers=1))
+  (tmp_path / "p.html.lz4").write_bytes(b"\x04\x22\x4d\x18")
+  with pytest.raises(ValueError, match=r"WARC also .lz4"):
+    corpus.plan_units([str(tmp_path / "p.html.lz4")])
+  assert corpus.file_kind("a.warc.lz4") == "warc" and corpus.file_kind("a.jsonl.lz4") is None
+  short = tmp_path / "short.jsonl"
+  short.write_text(json.dumps({"text": "too short"}) + "\n")
+  out = tmp_path / "segments.jsonl"
+  with pytest.raises(ValueError, match=r"expected at least one segment, found none after the filters"):
+    corpus.prepare_corpus([str(short)], out, workers=1)
+  assert not out.exists()
 
 
 def test_cli_writes_segments_and_stats_and_nothing_on_failure(tmp_path):

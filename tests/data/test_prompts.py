@@ -78,6 +78,8 @@ def test_prompt_style_is_configurable_and_brace_safe():
   ("Reasoning...\n**Score: 3**", 3),
   ("*Score*: 2", 2),
   ("__Score:__ 1", 1),
+  ("__Score: 4__", 4),
+  ("_Score: 3_", 3),
   ("Score:5", 5),
   ("Score: 3\nOn reflection, Score: 4", 4),          # several: the last one
   ("Score: 10", None),                               # not a 1

@@ -124,6 +124,23 @@ def test_bad_input_strict_and_lenient(tmp_path):
   _write_jsonl(other, [{"question": "q", "answer": "a"}])
   with pytest.raises(records.RecordError, match="other.jsonl:1: expected an oasst1 message"):
     seed.select_seed(other)
+  # A deleted message is dropped even when the export blanked its text (strict mode does not stop on it).
+  blanked = tmp_path / "blanked.jsonl"
+  _write_jsonl(blanked, msgs + [_msg("r8", None, "prompter", "", tree="r8", deleted=True)])
+  assert {(p["instruction"], p["output"]) for p in seed.select_seed(blanked)} == EXPECTED
+  trees = tmp_path / "trees.jsonl"
+  _write_jsonl(trees, [_tree_of(msgs, "r1"), {"prompt": {**_msg("r9", None, "prompter", ""), "deleted": True}}])
+  stats = seed.SeedStats()
+  assert len(seed.select_seed(trees, stats=stats)) == 1 and stats.counts["dropped_deleted_or_rejected"] == 1
+  # Nothing usable, or a negative cap, is an error, and no seed file is written.
+  german = tmp_path / "de.jsonl"
+  _write_jsonl(german, msgs[5:7])
+  with pytest.raises(records.RecordError, match=r"de.jsonl: expected at least one usable seed pair, found none "
+                                                r"\(dropped: \{'dropped_root_not_en': 1\}"):
+    seed.prepare_seed(german, tmp_path / "seed.jsonl")
+  with pytest.raises(ValueError, match="max_pairs >= 0"):
+    seed.prepare_seed(path, tmp_path / "seed.jsonl", max_pairs=-1)
+  assert not (tmp_path / "seed.jsonl").exists()
 
 
 def test_cli_writes_seed_and_stats(tmp_path):

@@ -73,3 +73,22 @@ def test_restart_and_resume_reproduce_candidates(augmented, tmp_path):
     assert r["generated_by"] == "models/backward" and r["source"] == "augmented" and r["segment_id"]
   with pytest.raises(StageConfigChanged, match="augment.seed"):
     runner.run(cfg, copy, only="augment")
+
+
+def test_files_inputs_reproduce_the_synthetic_run_and_refuse_repeated_ids(augmented, tmp_path):
+  """inputs.kind='files' (a user's seed, segments and base model) on the tiny run's own files gives the same
+  candidates; a repeated id is refused at `prepare`, naming both lines."""
+  _, wd = augmented
+  files = {"inputs.kind": "files", "inputs.seed_jsonl": str(wd / "data/seed.jsonl"),
+           "inputs.segments_jsonl": str(wd / "data/segments.jsonl"), "inputs.base_model": str(wd / "models/base")}
+  run = tmp_path / "files"
+  res = runner.run(tiny_config(**files), run, only="prepare")
+  for stage in ("backward", "augment"):
+    res = runner.run(tiny_config(**files), run, only=stage)
+  assert res.ran == ["augment"]
+  assert (run / "augment/candidates.jsonl").read_bytes() == (wd / "augment/candidates.jsonl").read_bytes()
+  lines = (wd / "data/segments.jsonl").read_text().splitlines(keepends=True)
+  repeated = tmp_path / "segments.jsonl"
+  repeated.write_text("".join(lines[:3] + lines[1:2]))
+  with pytest.raises(records.RecordError, match=rf"{repeated}:4: duplicate id .* \(first on line 2\)"):
+    runner.run(tiny_config(**{**files, "inputs.segments_jsonl": str(repeated)}), tmp_path / "dup", only="prepare")
