@@ -121,6 +121,8 @@ class LanguageModel:
 
     prompts = list(prompts)
     as_text = bool(prompts) and isinstance(prompts[0], str)
+    if any(isinstance(p, str) != as_text for p in prompts):
+      raise ValueError("generate: prompts must be all strings or all token-id lists, found both")
     if as_text:
       if self.tokenizer is None:
         raise ValueError(f"generate: string prompts need a tokenizer, but {self.path} has none")
@@ -134,6 +136,10 @@ class LanguageModel:
       if len(seeds) != len(ids):
         raise ValueError(f"generate: {len(ids)} prompts but {len(seeds)} seeds")
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    bad = [s for s in stop if not isinstance(s, str) and not (isinstance(s, (list, tuple)) and s)]
+    if bad:
+      raise ValueError(f"generate: stop takes strings and non-empty token-id sequences (e.g. stop=[[5]] for "
+                       f"token 5), found {bad[0]!r}")
     stop_strings = tuple(s for s in stop if isinstance(s, str))
     stop_sequences = tuple(tuple(s) for s in stop if not isinstance(s, str))
     completions = self.sampler(config).generate(

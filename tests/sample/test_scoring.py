@@ -76,6 +76,10 @@ def test_scoring_rejects_bad_input(lm):
   with pytest.raises(ValueError, match=r"prompt 0: 500 tokens \+ max_new_tokens 14 pass"):
     lm.generate([[1] * 500], 14)
   assert len(lm.generate([[1] * 500], 13)[0]) <= 13  # the 13th new token is sampled, never fed back
+  with pytest.raises(ValueError, match=r"stop=\[\[5\]\] for token 5\), found 5"):
+    lm.generate([[1, 2]], 3, stop=[5])
+  with pytest.raises(ValueError, match="all strings or all token-id lists"):
+    lm.generate([[1, 2], "text"], 3)
 
 
 def test_shared_prefix_reuse_changes_no_score(lm):
