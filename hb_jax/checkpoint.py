@@ -60,13 +60,17 @@ def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=Non
   model.json) is cleared first. model.json is written only after params/ has been committed.
   """
   path = epath.Path(path)
-  if (path / MODEL_JSON).exists():
-    if not overwrite:
-      raise CheckpointError(f"{path}: a model folder already exists there (pass overwrite=True)")
-    (path / MODEL_JSON).unlink()
-  if (path / PARAMS_DIR).exists():
-    (path / PARAMS_DIR).rmtree()
-  path.mkdir(parents=True, exist_ok=True)
+  if (path / MODEL_JSON).exists() and not overwrite:
+    raise CheckpointError(f"{path}: a model folder already exists there (pass overwrite=True)")
+  writer = jax.process_index() == 0  # every process saves its shards; one clears, copies and commits
+  _sync(f"save_model_folder:check:{path}")  # all have looked before anything is removed
+  if writer:
+    if (path / MODEL_JSON).exists():
+      (path / MODEL_JSON).unlink()
+    if (path / PARAMS_DIR).exists():
+      (path / PARAMS_DIR).rmtree()
+    path.mkdir(parents=True, exist_ok=True)
+  _sync(f"save_model_folder:clear:{path}")
   tree = _pure(params)
   # One zarr array per (stacked) parameter rather than an OCDBT database: a model has a dozen arrays, and
   # OCDBT's write path buffered about half a copy of the weights more (measured on an 838 MiB model).
@@ -74,17 +78,25 @@ def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=Non
   checkpointer.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(tree))
   checkpointer.close()
   src = None if tokenizer_file is None else epath.Path(tokenizer_file)
-  for name in TOKENIZER_FILES:  # a tokenizer left from the model this one replaces would be loaded with it
-    if (src is None or name != src.name) and (path / name).exists() and jax.process_index() == 0:
-      (path / name).unlink()
-  if src is not None and not _same_file(src, path / src.name):
-    src.copy(path / src.name, overwrite=True)
   meta = cfg.to_dict()
   if extra_json:
     meta["extra"] = extra_json
-  if jax.process_index() == 0:
+  if writer:
+    for name in TOKENIZER_FILES:  # a tokenizer left from the model this one replaces would be loaded with it
+      if (src is None or name != src.name) and (path / name).exists():
+        (path / name).unlink()
+    if src is not None and not _same_file(src, path / src.name):
+      src.copy(path / src.name, overwrite=True)
     (path / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
+  _sync(f"save_model_folder:done:{path}")  # no process goes on to read a folder not yet committed
   return path
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _same_file(a: epath.Path, b: epath.Path) -> bool:
