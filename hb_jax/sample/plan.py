@@ -88,6 +88,8 @@ def group_by_length(lengths: Sequence[int], buckets: Sequence[int]) -> list[Grou
 
 def seed_pairs_from_int(seed: int, n: int) -> np.ndarray:
   """uint32 [n, 2]: row i's key is fold_in(PRNGKey(seed), i)."""
+  if not 0 <= int(seed) < 1 << 32:  # wrapping would give seed 2**32 the samples of seed 0
+    raise PlanError(f"seed must be in [0, 2**32), found {seed}; for 64-bit seeds pass one per prompt")
   out = np.zeros((n, 2), np.uint32)
   out[:, 0] = np.uint32(seed & 0xFFFFFFFF)
   out[:, 1] = np.arange(n, dtype=np.uint32)

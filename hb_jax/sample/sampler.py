@@ -433,7 +433,8 @@ class Sampler:
     if code == FINISH_EOS:
       toks, lps = toks[:-1], lps[:-1]
     elif code == FINISH_STOP:
-      for seq in stops:
+      # The longest sequence that ends the output (of [5] and [4, 5], [4, 5]), whatever the listed order.
+      for seq in sorted(stops, key=len, reverse=True):
         if len(toks) >= len(seq) and tuple(toks[len(toks) - len(seq):]) == seq:
           toks, lps = toks[:len(toks) - len(seq)], lps[:len(lps) - len(seq)]
           break

@@ -68,6 +68,12 @@ def test_stop_sequence_is_excluded(sampler, prompts, reference):
                                                           (ref[:4], "length"))
   one = sampler.generate(prompts, max_new_tokens=1, sampling=Sampling(), eos_ids=(), stop_sequences=[ref[:1]])
   assert (one[1].tokens.tolist(), one[1].finish_reason) == ([], "stop")
+  # When two sequences end the output at once ([b] and [a, b]), the longer one is removed, in either order.
+  at = ref.index(seq[1])
+  want = ref[:at - 1] if at and tuple(ref[at - 1:at + 1]) == seq else ref[:at]
+  for order in ([seq[1:], seq], [seq, seq[1:]]):
+    both = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(), stop_sequences=order)[1]
+    assert both.tokens.tolist() == want
 
 
 def test_stop_strings_release_the_row(sampler, prompts, reference):

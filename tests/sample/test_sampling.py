@@ -105,3 +105,14 @@ def test_row_draw_ignores_batch_mates():
   for order in ([5, 4, 3, 2, 1, 0], [2, 0, 4, 1, 5, 3]):
     shuffled, _ = select(logits[order], seeds[order], s, steps[order])
     np.testing.assert_array_equal(np.asarray(shuffled), np.asarray(full)[order])
+
+
+def test_seeds_out_of_range_are_refused_not_wrapped():
+  from hb_jax.sample import plan
+
+  assert plan.seed_pairs_from_int(2**32 - 1, 2).tolist() == [[2**32 - 1, 0], [2**32 - 1, 1]]
+  for bad in (2**32, -1):  # wrapping would give 2**32 the samples of 0 and -1 those of 2**32 - 1
+    with pytest.raises(plan.PlanError, match=r"seed must be in \[0, 2\*\*32\)"):
+      plan.seed_pairs_from_int(bad, 2)
+  with pytest.raises(plan.PlanError, match=r"seed 1 must be in \[0, 2\*\*64\)"):
+    plan.seed_pairs_from_ints([0, 2**64])
