@@ -20,6 +20,7 @@ Libraries: selectolax (lexbor) for HTML, FastWARC for WARC, datasketch for MinHa
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import glob as globlib
@@ -181,11 +182,17 @@ _CHARSET_RE = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_\-]+)""", re.IG
 
 
 def decode_html(data: bytes, charset: str | None = None) -> str:
-  """Bytes to text: the HTTP charset, else a <meta charset>, else UTF-8; undecodable bytes replaced."""
+  """Bytes to text: a byte-order mark, else the HTTP charset, else a <meta charset>, else UTF-8; undecodable
+  bytes replaced. As in HTML5's sniffing, a BOM wins, and a <meta> naming UTF-16 means UTF-8 (a page whose
+  meta tag can be read as ASCII is not UTF-16)."""
+  for bom, enc in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+    if data.startswith(bom):
+      return data[len(bom):].decode(enc, errors="replace")
   candidates = [charset] if charset else []
   m = _CHARSET_RE.search(data[:4096])
   if m:
-    candidates.append(m.group(1).decode("ascii", "ignore"))
+    meta = m.group(1).decode("ascii", "ignore")
+    candidates.append("utf-8" if meta.lower().replace("_", "-").startswith("utf-16") else meta)
   for enc in candidates:
     try:
       return data.decode(enc)

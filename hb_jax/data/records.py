@@ -10,6 +10,7 @@ stores have no rename, so there the object is written whole (uploads are atomic 
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import gzip
@@ -94,7 +95,8 @@ def check_record(obj: Any, required: Sequence[str]) -> str | None:
   for key in required:
     value = obj.get(key)
     if value is None:
-      return f"expected field {key!r}, found it missing (fields: {sorted(obj)[:10]})"
+      found = "null" if key in obj else f"it missing (fields: {sorted(obj)[:10]})"
+      return f"expected field {key!r}, found {found}"
     if not isinstance(value, str):
       return f"expected field {key!r} to be a string, found {type(value).__name__}"
     if not value.strip():
@@ -166,6 +168,8 @@ def _lone_surrogate_field(obj: Any, where: str = "") -> str | None:
 
 def _parse_line(path, lineno: int, raw: bytes, required, strict: bool, stats: ReadStats,
                 torn: bool) -> Iterator[tuple[int, dict]]:
+  if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # written by some Windows tools; not part of the JSON
+    raw = raw[len(codecs.BOM_UTF8):]
   if not raw.strip():
     return
   problem, reason, obj = None, None, None

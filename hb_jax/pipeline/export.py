@@ -20,7 +20,9 @@ HF_FIELDS = ("id", "instruction", "output", "source", "score", "method", "iterat
 def final_train_set(ctx) -> list[dict]:
   T = ctx.cfg.curate.iterations if ctx.cfg.ablation.curation else 1
   p = ctx.path(f"curate/iter{T}/train.jsonl")
-  return list(records.read_jsonl(p)) if p.exists() else []
+  if not p.exists():  # the report runs after the training stages; an empty export would hide their loss
+    raise FileNotFoundError(f"{p}: expected the last iteration's training set, found nothing")
+  return list(records.read_jsonl(p))
 
 
 def export_curated(ctx) -> dict[str, int]:

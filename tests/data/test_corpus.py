@@ -1,5 +1,6 @@
 """Corpus: HTML segmentation, each reader, each filter, dedup, determinism across workers, CLI and TFDS."""
 import gzip
+import codecs
 import json
 import pathlib
 import subprocess
@@ -16,6 +17,15 @@ CFG = corpus.CorpusConfig()
 def _english(n_chars: int, seed: int = 0) -> str:
   import random
   return synthetic_web.paragraph(random.Random(seed), n_chars)
+
+
+def test_html_charset_sniffing():
+  text = "caf\u00e9 " * 3
+  assert corpus.decode_html(text.encode("utf-8")) == text
+  assert corpus.decode_html(b'<meta charset="latin-1">' + text.encode("latin-1")).endswith(text)
+  # A meta tag naming UTF-16 on a page readable as ASCII means UTF-8 (HTML5); a BOM wins over any label.
+  assert corpus.decode_html(b'<meta charset="utf-16">' + text.encode("utf-8")).endswith(text)
+  assert corpus.decode_html(codecs.BOM_UTF16_LE + text.encode("utf-16-le"), charset="latin-1") == text
 
 
 def test_html_sections_drop_boilerplate():

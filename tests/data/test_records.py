@@ -57,6 +57,16 @@ def test_lenient_reader_skips_and_counts(tmp_path):
     "invalid_json": 1, "invalid_utf8": 1, "missing_field": 1, "empty_field": 1, "invalid_unicode": 1}}
 
 
+def test_bom_and_null_fields(tmp_path):
+  path = tmp_path / "pairs.jsonl"
+  good = json.dumps(records.make_pair("I", "O", "seed")).encode() + b"\n"
+  _write(path, [b"\xef\xbb\xbf" + good, good])  # a UTF-8 byte-order mark before the first record
+  assert len(list(records.read_pairs(path))) == 2
+  _write(path, [good, b'{"id": "x", "instruction": null, "output": "O"}\n'])
+  with pytest.raises(records.RecordError, match=f"{path}:2: expected field 'instruction', found null"):
+    list(records.read_pairs(path))
+
+
 def test_gzip_is_read(tmp_path):
   import gzip
   path = tmp_path / "s.jsonl.gz"
