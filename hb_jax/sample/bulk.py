@@ -11,7 +11,9 @@ record id. On resume, committed chunks are skipped and a chunk cut mid-write is 
 plan, so the same lines). The final file is written in input order atomically, then `<output>.done` with the fingerprint of the
 input and the settings, and the parts are removed; rerunning a finished job with the same input and
 settings does nothing. Chunk files are named by the same kind of fingerprint (hb_jax.data.chunked), so a
-resumed run whose input or settings changed recomputes what changed instead of reusing stale chunks.
+resumed run whose input or settings changed recomputes what changed instead of reusing stale chunks. The
+settings include the model's config but not its weights (hashing them would read the whole model): give
+each model its own output path.
 Under `jax.distributed`, pass `share` so each process generates its own chunks; the processes meet at a
 barrier and process 0 merges.
 """
