@@ -78,7 +78,7 @@ def prepare_examples(examples: Iterable[Example | tuple[Sequence[int], Sequence[
       ex = example(*ex)
     stats.total += 1
     prompt, response = ex["prompt"], ex["response"]
-    if len(response) == 0:
+    if len(response) == 0 or len(prompt) + len(response) < 2:  # nothing to predict, or no input to predict from
       stats.dropped_empty += 1
       continue
     room = seq_len + 1 - len(prompt)  # response tokens that fit

@@ -29,8 +29,10 @@ class TrainCheckpointer:
   def __init__(self, directory, *, save_every: int, keep: int, async_save: bool = True):
     self.directory = epath.Path(directory)
     self.save_every = save_every
+    # A save function, not save_interval_steps: with the latter Orbax also saves the first step of every
+    # run (its InitialSavePolicy), a full write of params and optimizer state nobody asked for.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(1, save_every) if save_every else 10**12,
+        max_to_keep=keep, should_save_fn=lambda step, _last: bool(save_every) and step % save_every == 0,
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
 

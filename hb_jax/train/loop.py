@@ -9,6 +9,8 @@ devices, same mesh).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -18,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from hb_jax.config import ModelConfig, TrainConfig
+from hb_jax.config import ConfigError, ModelConfig, TrainConfig
 from hb_jax.data import loader
 from hb_jax.parallel import TRAIN_RULES, Rules
 from hb_jax.train import checkpointing, metrics as metrics_lib, step as step_lib
@@ -61,6 +63,56 @@ def evaluate(eval_fn, params, examples: Sequence[loader.Example], *, group: int,
   return total / max(count, 1.0)
 
 
+# TrainConfig fields that change how a run is watched or laid out, not what it computes: a resumed run may
+# change them (the mesh too: checkpoints restore onto another mesh).
+_RUN_NEUTRAL = ("progress_bar", "log_every", "tensorboard", "checkpoint_every", "keep_checkpoints",
+                "async_checkpointing", "eval_every", "peak_flops_per_device", "mesh_data", "mesh_fsdp", "mesh_tensor")
+
+
+def _run_fingerprint(cfg: ModelConfig, tc: TrainConfig, num_steps: int, examples) -> dict:
+  data = hashlib.sha1()
+  for ex in examples:
+    data.update(np.asarray(ex["prompt"], np.int32).tobytes() + b"|" + np.asarray(ex["response"], np.int32).tobytes()
+                + b";")
+  train_cfg = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _RUN_NEUTRAL}
+  return {"model": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+          "train": json.loads(json.dumps(train_cfg, default=str)), "num_steps": num_steps,
+          "examples": len(examples), "examples_sha1": data.hexdigest()}
+
+
+def _check_same_run(workdir, run: dict, resumed_from: int | None, num_steps: int) -> None:
+  """Resuming is for the same run: refuses checkpoints of another (other data or settings), which would
+  otherwise be continued, or returned as finished, as if they were this run's."""
+  path = workdir / "run.json"
+  if resumed_from is None:
+    if jax.process_index() == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps(run, indent=1, sort_keys=True))
+    return
+  if resumed_from > num_steps:
+    raise RuntimeError(f"{workdir}: its checkpoints are at step {resumed_from}, past this run's {num_steps} steps; "
+                       "they belong to another run (use another workdir or remove this one)")
+  if not path.exists():
+    return  # checkpoints written before runs were fingerprinted
+  old = json.loads(path.read_text())
+  if old != run:
+    diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+    detail = [f"{s}.{k}" for s in ("model", "train") if s in diff
+              for k in sorted(set(old.get(s, {})) | set(run.get(s, {}))) if old.get(s, {}).get(k) != run.get(s, {}).get(k)]
+    raise RuntimeError(f"{workdir}: holds checkpoints of another run (differs in {detail or diff}); resuming would "
+                       "continue that run as if it were this one. Use another workdir or remove this one.")
+
+
+def _check_token_ids(examples, vocab_size: int, what: str) -> None:
+  """Token ids outside the vocabulary would train to NaN (an out-of-range gather), silently."""
+  for i, ex in enumerate(examples):
+    for part in ("prompt", "response"):
+      ids = np.asarray(ex[part])
+      if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"{what} example {i}: {part} token ids must be in [0, {vocab_size}), found "
+                         f"[{ids.min()}, {ids.max()}]")
+
+
 def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequence[loader.Example],
           workdir, *, val_examples: Sequence[loader.Example] = (), num_steps: int | None = None,
           init_params: Callable[[], Any] | None = None, rules: Rules = TRAIN_RULES,
@@ -78,6 +130,11 @@ def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequenc
   n = len(train_examples)
   batch_size = tc.examples_per_step(n)
   num_steps = num_steps or tc.steps_for(n)
+  _check_token_ids(train_examples, cfg.vocab_size, "training")
+  _check_token_ids(val_examples, cfg.vocab_size, "validation")
+  if tc.warmup_steps and tc.warmup_steps >= num_steps:
+    raise ConfigError(f"train.warmup_steps ({tc.warmup_steps}) must be below the number of steps ({num_steps}): "
+                      "the learning rate would never reach train.learning_rate")
   plan = loader.plan_batches([loader.num_slots(e) for e in train_examples], batch_size=batch_size,
                              micro_batches=tc.micro_batches, seq_len=tc.seq_len, packed=tc.packing,
                              num_steps=num_steps, seed=tc.seed, mesh=mesh, rules=rules,
@@ -98,6 +155,8 @@ def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequenc
   try:
     with jax.set_mesh(mesh):
       resumed_from = ckpt.latest_step()
+      run = _run_fingerprint(cfg, tc, num_steps, train_examples)
+      _check_same_run(workdir, run, resumed_from, num_steps)
       if resumed_from is not None:
         state = ckpt.restore(resumed_from, step_lib.abstract_state(cfg, tx, mesh, rules), data.iterator)
         log.info("resumed from step %d of %d", resumed_from, num_steps)
@@ -117,34 +176,41 @@ def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequenc
       last: dict[str, float] = {}
       val_loss = None
       completed = True
-      first = True
+      compile_step_in_window = True  # the first step includes compilation: its loss counts, its time not
       while step < num_steps:
         state, m = step_fn(state, data.next())
         step += 1
         window.append(m)
-        if first:  # the first step includes compilation: don't count it in throughput
+        if step == (resumed_from or 0) + 1:
           jax.block_until_ready(m)
           throughput.reset()
-          window, first = [], False
         ckpt.save(step, state, data.iterator)
         log_now = step % tc.log_every == 0 or step == num_steps
         if log_now and window:
           host = jax.device_get(window)
-          for w in host:
+          timed = host[1:] if compile_step_in_window else host
+          for w in timed:
             throughput.add(float(w["tokens"]), float(w["attention_pairs"]))
+          compile_step_in_window = False
+          rates = throughput.report()
+          if not np.isfinite(float(host[-1]["loss"])):
+            raise FloatingPointError(f"{workdir}: training loss is {float(host[-1]['loss'])} at step {step}; "
+                                     "checkpoints from here on hold non-finite values (lower the learning rate "
+                                     "or check the data), resume from an earlier one")
           last = {"loss": float(host[-1]["loss"]), "grad_norm": float(host[-1]["grad_norm"]),
                   "lr": float(host[-1]["lr"]),
-                  "loss_avg": float(np.mean([float(w["loss"]) for w in host])), **throughput.report()}
+                  "loss_avg": float(np.mean([float(w["loss"]) for w in host])), **(rates if timed else {})}
           window = []
           writer.write(step, last)
           bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
           if on_step is not None:
             on_step(step, last)
         if val_examples and ((tc.eval_every and step % tc.eval_every == 0) or step == num_steps):
+          t_eval = time.perf_counter()
           val_loss = evaluate(eval_fn, state.params, val_examples, group=eval_group, tc=tc, mesh=mesh,
                               rules=rules)
           writer.write(step, {"val_loss": val_loss})
-          throughput.reset()
+          throughput.exclude(time.perf_counter() - t_eval)  # steps not yet reported keep their own time
         bar.update(1)
         if step < num_steps and watcher.should_stop(step):
           log.warning("preempted: checkpointing step %d and stopping", step)

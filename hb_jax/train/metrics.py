@@ -60,6 +60,10 @@ class Throughput:
     self.t0 = time.perf_counter()
     self.tokens = self.pairs = 0.0
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (e.g. a validation pass) out of the current window's wall clock."""
+    self.t0 += seconds
+
   def add(self, tokens: float, attention_pairs: float) -> None:
     self.tokens += tokens
     self.pairs += attention_pairs
