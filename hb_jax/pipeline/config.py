@@ -115,6 +115,11 @@ class EvaluateConfig:
   tag_mode: str = "both"  # the paper's best inference setting; 'none' when trained without tags
   max_items: int = 0  # 0: all held-out items
 
+  def __post_init__(self):
+    # Held-out items have no source, so 'source' cannot pick a tag; refused here, not after every training.
+    if self.tag_mode not in ("both", "seed", "augmented", "none"):
+      raise ConfigError(f"evaluate.tag_mode must be both|seed|augmented|none, found {self.tag_mode!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ScalingConfig:

@@ -61,7 +61,14 @@ class Manifest:
     self.writer = writer
     self.data: dict[str, Any] = {"format_version": FORMAT_VERSION, "stages": {}}
     if records.is_committed(self.path):
-      self.data = json.loads(self.path.read_text())
+      try:
+        self.data = json.loads(self.path.read_text())
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"{self.path}: not valid JSON ({e}); restore it from a backup, or move it away to "
+                           "start the run over (every stage would run again)") from e
+      if not isinstance(self.data, dict) or not isinstance(self.data.get("stages"), dict):
+        raise RuntimeError(f"{self.path}: expected an object with a 'stages' object, found "
+                           f"{str(self.data)[:80]}")
       if self.data.get("format_version", 0) > FORMAT_VERSION:
         raise RuntimeError(f"{self.path}: format_version {self.data['format_version']} is newer than this "
                            f"hb_jax understands ({FORMAT_VERSION})")

@@ -125,6 +125,13 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
   ctx = S.Context(cfg, workdir, manifest, share)
   if restart_from is not None:
     later = names[names.index(restart_from):]
+    if only is None:
+      # The stages before restart_from will be checked anyway: check them before deleting anything, so a
+      # config change that an earlier stage refuses does not cost the later stages' outputs.
+      for st in stages[:names.index(restart_from)]:
+        if manifest.is_done(st.name):
+          inputs = {f"{u}:{k}": v for u in st.upstream for k, v in sorted(manifest.outputs(u).items())}
+          manifest.check(st.name, _config_subset(cfg, st.keys), inputs)
     if share.index == 0:
       for s in stages[names.index(restart_from):]:
         for rel in s.clean:

@@ -92,3 +92,20 @@ def test_files_inputs_reproduce_the_synthetic_run_and_refuse_repeated_ids(augmen
   repeated.write_text("".join(lines[:3] + lines[1:2]))
   with pytest.raises(records.RecordError, match=rf"{repeated}:4: duplicate id .* \(first on line 2\)"):
     runner.run(tiny_config(**{**files, "inputs.segments_jsonl": str(repeated)}), tmp_path / "dup", only="prepare")
+
+
+def test_a_refused_restart_deletes_nothing_and_a_corrupt_manifest_is_named(augmented, tmp_path):
+  cfg, wd = augmented
+  copy = tmp_path / "copy"
+  shutil.copytree(wd, copy)
+  before = (copy / "augment/candidates.jsonl").read_bytes()
+  # backward.num_steps changed, but the restart names augment: backward refuses, and augment keeps its outputs.
+  with pytest.raises(StageConfigChanged, match=r"stage 'backward'.*backward\.num_steps"):
+    runner.run(tiny_config(**{"backward.num_steps": 5}), copy, restart_from="augment")
+  assert (copy / "augment/candidates.jsonl").read_bytes() == before and Manifest(copy).is_done("augment")
+  (copy / "manifest.json").write_text('{"stages": {"prepare": ')
+  with pytest.raises(RuntimeError, match=r"manifest.json: not valid JSON"):
+    runner.run(cfg, copy, only="augment")
+  (copy / "manifest.json").write_text("[]")
+  with pytest.raises(RuntimeError, match=r"manifest.json: expected an object with a 'stages' object"):
+    runner.run(cfg, copy, only="augment")

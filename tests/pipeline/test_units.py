@@ -60,6 +60,10 @@ def test_unknown_key_is_named():
   cd["curate"]["method"] = "vibes"
   with pytest.raises(ConfigError, match="vibes"):
     from_config_dict(cd)
+  cd = load_config_dict("tiny").to_dict()
+  cd["evaluate"]["tag_mode"] = "source"  # held-out items have no source: refused before any training
+  with pytest.raises(ConfigError, match=r"evaluate.tag_mode must be both\|seed\|augmented\|none, found 'source'"):
+    from_config_dict(cd)
 
 
 def test_manifest_refuses_changed_config_naming_keys(tmp_path):
