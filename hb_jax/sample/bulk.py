@@ -8,9 +8,9 @@ It runs on the pipeline's chunk engine (hb_jax.data.chunked): the input is cut i
 batches, refills: a pure function of the chunk and the config), its prompts tokenized ahead by grain while
 the previous chunk decodes, and committed as one file under `<output>.parts/`. A row's key comes from its
 record id. On resume, committed chunks are skipped and a chunk cut mid-write is regenerated whole (same
-plan, so the same lines). The final file is written in input order atomically, then `<output>.done` with the fingerprint of the
-input and the settings, and the parts are removed; rerunning a finished job with the same input and
-settings does nothing. Chunk files are named by the same kind of fingerprint (hb_jax.data.chunked), so a
+plan, so the same lines). The final file is written in input order atomically, then `<output>.done`
+with the fingerprint of the input and the settings, and the parts are removed; rerunning a finished job
+with the same input and settings does nothing. Chunk files are named by the same kind of fingerprint (hb_jax.data.chunked), so a
 resumed run whose input or settings changed recomputes what changed instead of reusing stale chunks. The
 settings include the model's config but not its weights (hashing them would read the whole model): give
 each model its own output path.
@@ -71,7 +71,7 @@ def check_tokens(rec: dict, tokens: Any, vocab_size: int) -> list[int]:
 
 def _prompt_tokens(rec, tokenizer, vocab_size: int) -> list[int]:
   if "tokens" in rec:
-    return check_tokens(rec, rec["tokens"], vocab_size)
+    return rec["tokens"]  # checked up front, with every record, before any work
   for key in ("prompt", "text"):
     if key in rec:
       if tokenizer is None:
