@@ -6,6 +6,9 @@
 A stage is *done* only when its entry says so; its outputs are written (atomically) before the entry, so a
 crash between the two leaves a stage that reruns and rewrites the same bytes. The manifest itself is one
 small JSON object written atomically (object stores: whole upload + commit marker, via records.write_json).
+On an object store a rewrite has a moment with no committed manifest (the marker goes before the upload),
+so each save there writes `manifest.json.prev` first, and a reader takes it when the manifest is
+uncommitted: a preemption mid-save costs at most the entry being saved, never the run's record.
 Only process 0 writes it.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from hb_jax.data import records
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+BACKUP = MANIFEST + ".prev"
 
 
 class StageConfigChanged(RuntimeError):
@@ -59,18 +63,20 @@ class Manifest:
     self.workdir = epath.Path(workdir)
     self.path = self.workdir / MANIFEST
     self.writer = writer
+    self.backup = self.workdir / BACKUP
     self.data: dict[str, Any] = {"format_version": FORMAT_VERSION, "stages": {}}
-    if records.is_committed(self.path):
+    source = next((p for p in (self.path, self.backup) if records.is_committed(p)), None)
+    if source is not None:
       try:
-        self.data = json.loads(self.path.read_text())
+        self.data = json.loads(source.read_text())
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeError(f"{self.path}: not valid JSON ({e}); restore it from a backup, or move it away to "
+        raise RuntimeError(f"{source}: not valid JSON ({e}); restore it from a backup, or move it away to "
                            "start the run over (every stage would run again)") from e
       if not isinstance(self.data, dict) or not isinstance(self.data.get("stages"), dict):
-        raise RuntimeError(f"{self.path}: expected an object with a 'stages' object, found "
+        raise RuntimeError(f"{source}: expected an object with a 'stages' object, found "
                            f"{str(self.data)[:80]}")
       if self.data.get("format_version", 0) > FORMAT_VERSION:
-        raise RuntimeError(f"{self.path}: format_version {self.data['format_version']} is newer than this "
+        raise RuntimeError(f"{source}: format_version {self.data['format_version']} is newer than this "
                            f"hb_jax understands ({FORMAT_VERSION})")
 
   @property
@@ -130,5 +136,9 @@ class Manifest:
     return dict(e.get("outputs", {})) if e else {}
 
   def save(self) -> None:
-    if self.writer:
-      records.write_json(self.path, self.data)
+    if not self.writer:
+      return
+    if not records.is_local(self.path):
+      # The same bytes go to the backup first: whichever write a preemption cuts, the other one is whole.
+      records.write_json(self.backup, self.data)
+    records.write_json(self.path, self.data)

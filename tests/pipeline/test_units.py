@@ -82,6 +82,33 @@ def test_manifest_refuses_changed_config_naming_keys(tmp_path):
   assert diff_keys({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3, "d": 4}}) == ["a.c", "a.d"]
 
 
+def test_manifest_survives_preemption_mid_save_on_an_object_store(tmp_path, monkeypatch):
+  """On an object store a rewrite uncommits the manifest (marker first, then the upload); a preemption there
+  must leave the stages recorded, read back from manifest.json.prev."""
+  monkeypatch.setattr(records, "is_local", lambda path: False)  # local files through the object-store path
+  m = Manifest(tmp_path)
+  m.start("prepare", {"a": 1}, {})
+  m.finish("prepare", {"data/seed.jsonl": "abc"})
+  path_cls = type(m.path)
+  upload = path_cls.write_bytes
+
+  def preempted(self, data):
+    if self.name == "manifest.json":
+      raise KeyboardInterrupt("preempted mid-upload")
+    return upload(self, data)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(path_cls, "write_bytes", preempted)
+    with pytest.raises(KeyboardInterrupt):
+      m.start("augment", {"b": 1}, {"x": "1"})
+  assert not records.is_committed(tmp_path / "manifest.json")
+  back = Manifest(tmp_path)
+  assert back.is_done("prepare") and back.outputs("prepare") == {"data/seed.jsonl": "abc"}
+  assert back.check("augment", {"b": 1}, {"x": "1"}) == "resume"  # the backup holds the save that was cut
+  back.finish("augment", {"augment/candidates.jsonl": "def"})
+  assert Manifest(tmp_path).is_done("augment") and records.is_committed(tmp_path / "manifest.json")
+
+
 def _inputs(n):
   return [records.make_segment(f"text number {i}", "t") for i in range(n)]
 
