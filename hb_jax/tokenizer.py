@@ -148,15 +148,34 @@ def train_sentencepiece(inputs: Sequence[str], output_dir: epath.PathLike, vocab
   rating digits "1".."5") a piece of its own even if the corpus lacks one.
   """
   import io
+  import tempfile
+
   import sentencepiece as spm
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-    input=list(inputs), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-    byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-    normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
-    allow_whitespace_only_pieces=True, required_chars="0123456789", character_coverage=0.99995,
-    hard_vocab_limit=False, input_sentence_size=max_sentences, shuffle_input_sentence=True,
-    seed_sentencepiece_size=seed_sentencepiece_size, max_sentence_length=16384, num_threads=os.cpu_count() or 1,
-    minloglevel=2)
+  with tempfile.TemporaryDirectory(prefix="hb_jax_spm_") as staging:
+    local = [_local_copy(path, staging, i) for i, path in enumerate(inputs)]
+    spm.SentencePieceTrainer.train(
+      input=local, model_writer=model, vocab_size=vocab_size, model_type="bpe",
+      byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+      normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
+      allow_whitespace_only_pieces=True, required_chars="0123456789", character_coverage=0.99995,
+      hard_vocab_limit=False, input_sentence_size=max_sentences, shuffle_input_sentence=True,
+      seed_sentencepiece_size=seed_sentencepiece_size, max_sentence_length=16384,
+      num_threads=os.cpu_count() or 1, minloglevel=2)
   tok = SentencePieceTokenizer(model.getvalue(), source="<trained>")
   return tok.save(output_dir)
+
+
+def _local_copy(path: str | os.PathLike, staging: str, index: int) -> str:
+  """The path itself when local (so the trainer reads the very file); else a copy in `staging`, since
+  sentencepiece opens its inputs with C++ file I/O, which knows nothing of gs:// or s3://."""
+  import shutil
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"train_sentencepiece: input file not found: {path}")
+  if "://" not in os.fspath(path):
+    return os.fspath(path)
+  local = os.path.join(staging, f"{index:04d}-{epath.Path(path).name}")
+  with epath.Path(path).open("rb") as src, open(local, "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 22)
+  return local
+

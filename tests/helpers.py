@@ -79,3 +79,13 @@ def assert_logits_close(ours: np.ndarray, ref: np.ndarray, rel: float = 1e-4) ->
   err = float(np.max(np.abs(ours - ref)))
   assert err <= rel * scale, f"max |delta| {err:.3e} > {rel} x max|logit| {scale:.3e}"
   return err / scale
+
+
+def fake_bucket(monkeypatch, root: pathlib.Path) -> str:
+  """Makes `gs://` paths resolve to files under `root` (the working directory becomes `root`), so code
+  takes its object-store branch (`records.is_local` is False) on real files; returns 'gs://bucket'."""
+  from etils.epath import backend, gpath
+
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", backend.os_backend)
+  monkeypatch.chdir(root)  # the os backend opens 'gs://bucket/x' as the relative path gs:/bucket/x
+  return "gs://bucket"

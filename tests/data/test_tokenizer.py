@@ -1,5 +1,6 @@
 """Tokenizer: LLaMA conventions on a sentencepiece model we train, and the tokenizer.json backend."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -104,3 +105,31 @@ def test_hf_json_backend(bpe_dir):
     assert tk.load_tokenizer(bpe_dir).id_to_piece(tk.load_tokenizer(bpe_dir).eos_id) == "<|eot_id|>"
   finally:
     (bpe_dir / "tokenizer_config.json").unlink()
+
+
+def test_sentencepiece_trains_from_an_object_store(corpus, tmp_path, monkeypatch):
+  """sentencepiece opens its inputs with C++ file I/O: a gs:// input is copied to a local file first, and
+  the model is the one the local file gives. A missing input is named."""
+  import sentencepiece as spm
+  from tests.helpers import fake_bucket
+
+  local_model = tk.train_sentencepiece([str(corpus)], tmp_path / "local", vocab_size=300)
+  bucket = fake_bucket(monkeypatch, tmp_path)
+  remote = f"{bucket}/data/corpus.txt"
+  tk.epath.Path(remote).parent.mkdir(parents=True)
+  tk.epath.Path(remote).write_bytes(corpus.read_bytes())
+  seen = []
+  train = spm.SentencePieceTrainer.train
+
+  def recording(**kwargs):
+    seen.extend(kwargs["input"])
+    return train(**kwargs)
+
+  monkeypatch.setattr(spm.SentencePieceTrainer, "train", recording)
+  out = tk.train_sentencepiece([remote], f"{bucket}/tok", vocab_size=300)
+  assert os.fspath(out) == f"{bucket}/tok/tokenizer.model"
+  ours, ref = tk.load_tokenizer(out), tk.load_tokenizer(local_model)  # the files differ in the input name only
+  assert [ours.id_to_piece(i) for i in range(ours.vocab_size)] == [ref.id_to_piece(i) for i in range(ref.vocab_size)]
+  assert len(seen) == 1 and "://" not in seen[0]
+  with pytest.raises(FileNotFoundError, match=f"input file not found: {bucket}/data/missing.txt"):
+    tk.train_sentencepiece([f"{bucket}/data/missing.txt"], tmp_path / "x", vocab_size=300)
