@@ -123,6 +123,23 @@ def test_launch_configs_validate_and_divide_the_model(name, hw):
     assert batch & (batch - 1) == 0
 
 
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_hardware_variants_differ_only_in_layout_fields(name):
+  """docs/launch.md runs training stages on one variant and sampling stages on another in one workdir; a lone
+  stage accepts its upstream stages only if the variants differ in runner.LAYOUT_FIELDS alone."""
+  from hb_jax.pipeline import runner
+  from hb_jax.pipeline.manifest import diff_keys
+
+  mod = _module(name)
+  cfgs = {hw: from_config_dict({**mod.get_config(hw).to_dict(), "name": name}) for hw in sorted(mod.LAYOUTS)}
+  first, *others = cfgs
+  for other in others:
+    for stage in runner.plan(cfgs[first]):
+      a, b = (runner._config_subset(cfgs[hw], stage.keys) for hw in (first, other))
+      changed = {k.rsplit(".", 1)[-1] for k in diff_keys(a, b)}
+      assert changed <= runner.LAYOUT_FIELDS, (first, other, stage.name, changed - runner.LAYOUT_FIELDS)
+
+
 def test_undivided_params_names_the_dimension():
   # 33B has 52 heads: tensor=8 would silently replicate them (hb_jax.parallel drops the axis).
   problems = est.undivided_params(preset("llama-33b"), {"data": 1, "fsdp": 2, "tensor": 8}, TRAIN_RULES)

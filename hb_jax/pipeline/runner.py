@@ -5,6 +5,8 @@ with the manifest. Done and unchanged: skipped. Done but changed: refused (Stage
 stage and the keys) unless `restart_from` names it or an earlier stage, which forgets that stage and every
 later one and deletes their outputs. Half done: resumed (bulk stages skip committed chunks, training resumes
 from its last checkpoint); half done under a changed config: its partial outputs are cleared first.
+A lone stage (--stage) also refuses when a finished stage upstream of it was done under other settings
+(LAYOUT_FIELDS aside: batch sizes, meshes, checkpointing and logging may differ between stages).
 On-demand stages (ON_DEMAND: `scaling`) are planned only when --stage or --restart_from names them, after
 the method's stages, so a plain run never starts them.
 """
@@ -19,7 +21,7 @@ from etils import epath
 
 from hb_jax.pipeline import stages as S
 from hb_jax.pipeline.config import PipelineConfig, section
-from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,58 @@ def _config_subset(cfg: PipelineConfig, keys: Sequence[str]) -> dict:
   return {k: section(cfg, k) for k in keys}
 
 
+def _inputs(manifest: Manifest, st: Stage) -> dict[str, str]:
+  """The output hashes of a stage's upstream stages, as recorded when they finished."""
+  return {f"{u}:{k}": v for u in st.upstream for k, v in sorted(manifest.outputs(u).items())}
+
+
+def _check_finished(manifest: Manifest, cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
+  """Raises StageConfigChanged for a finished stage among `stages` that this config would redo."""
+  for st in stages:
+    if manifest.is_done(st.name):
+      manifest.check(st.name, _config_subset(cfg, st.keys), _inputs(manifest, st))
+
+
+# Config fields that say how a stage runs (devices, batching, checkpoints, logging), not what it computes.
+# A lone stage may read an upstream stage done under other values of these: docs/launch.md runs training
+# stages on one slice and sampling stages on another, each with its own layout.
+LAYOUT_FIELDS = frozenset({
+  "batch", "chunk_records", "micro_batches", "rows_per_micro_batch", "remat", "loss_chunk", "mesh_data",
+  "mesh_fsdp", "mesh_tensor", "checkpoint_every", "keep_checkpoints", "async_checkpointing", "log_every",
+  "tensorboard", "progress_bar", "peak_flops_per_device"})
+
+
+def _check_upstream(manifest: Manifest, cfg: PipelineConfig, only: str, stages: Sequence[Stage]) -> None:
+  """Raises StageConfigChanged when a finished stage that `only` reads from was done under other settings
+  than this config's (layout fields aside) or on other inputs."""
+  for st in stages:
+    if not manifest.is_done(st.name):
+      continue
+    entry = manifest.entry(st.name)
+    changed = [k for k in diff_keys(entry.get("config", {}), _config_subset(cfg, st.keys))
+               if k.rsplit(".", 1)[-1] not in LAYOUT_FIELDS]
+    changed_inputs = diff_keys(entry.get("inputs", {}), _inputs(manifest, st))
+    if changed or changed_inputs:
+      what = ([f"config keys changed: {', '.join(changed)}"] if changed else []) + (
+        [f"inputs changed: {', '.join(changed_inputs)}"] if changed_inputs else [])
+      raise StageConfigChanged(
+        f"--stage={only} reads the outputs of stage {st.name!r}, which is done under a different setup "
+        f"({'; '.join(what)}) in {manifest.path}; its result would belong to neither. Rerun with "
+        f"--restart_from={st.name} to redo that stage and every later one, or restore its settings.")
+
+
+def _upstream_closure(stages: Sequence[Stage], name: str) -> list[Stage]:
+  """Every stage that `name` reads from, directly or through others, in plan order."""
+  by_name = {s.name: s for s in stages}
+  needed, todo = set(), list(by_name[name].upstream)
+  while todo:
+    u = todo.pop()
+    if u not in needed:
+      needed.add(u)
+      todo.extend(by_name[u].upstream)
+  return [s for s in stages if s.name in needed]
+
+
 def _remove(ctx: S.Context, rel: str) -> None:
   p = ctx.path(rel)
   if p.is_dir():
@@ -128,10 +182,7 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
     if only is None:
       # The stages before restart_from will be checked anyway: check them before deleting anything, so a
       # config change that an earlier stage refuses does not cost the later stages' outputs.
-      for st in stages[:names.index(restart_from)]:
-        if manifest.is_done(st.name):
-          inputs = {f"{u}:{k}": v for u in st.upstream for k, v in sorted(manifest.outputs(u).items())}
-          manifest.check(st.name, _config_subset(cfg, st.keys), inputs)
+      _check_finished(manifest, cfg, stages[:names.index(restart_from)])
     if share.index == 0:
       for s in stages[names.index(restart_from):]:
         for rel in s.clean:
@@ -140,6 +191,10 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
     ctx.barrier("restart")
     manifest = ctx.manifest = Manifest(workdir, writer=share.index == 0)
     log.info("restart_from=%s: forgot %s", restart_from, later)
+  if only is not None:
+    # A lone stage reads its upstream stages' outputs: they must be what this config would produce, or
+    # its result would belong to neither setup.
+    _check_upstream(manifest, cfg, only, _upstream_closure(stages, only))
   ran, skipped, seconds = [], [], {}
   for st in stages:
     if only is not None and st.name != only:
@@ -149,7 +204,7 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
       raise RuntimeError(f"stage {st.name!r} needs {missing} done first (manifest {manifest.path}); run without "
                          "--stage, or run those stages")
     config = _config_subset(cfg, st.keys)
-    inputs = {f"{u}:{k}": v for u in st.upstream for k, v in sorted(manifest.outputs(u).items())}
+    inputs = _inputs(manifest, st)
     state = manifest.check(st.name, config, inputs)
     if state == "done":
       skipped.append(st.name)

@@ -44,6 +44,13 @@ def test_changed_config_is_refused_naming_stage_and_keys(augmented):
   # An upstream change is refused at the first stage it touches.
   with pytest.raises(StageConfigChanged, match=r"stage 'backward'.*backward\.num_steps"):
     runner.run(tiny_config(**{"backward.num_steps": 5}), wd, only="backward")
+  # --stage alone checks the stages it reads from: augment is unchanged, its backward model is not...
+  with pytest.raises(StageConfigChanged, match=r"--stage=augment reads .* stage 'backward'.*backward\.num_steps"
+                                               r".*--restart_from=backward"):
+    runner.run(tiny_config(**{"backward.num_steps": 5}), wd, only="augment")
+  # ... while another layout (how it ran, not what it computed) is accepted: stages on different hardware.
+  layout = tiny_config(**{"backward.mesh_tensor": 2, "backward.micro_batches": 2, "backward.log_every": 3})
+  assert runner.run(layout, wd, only="augment").skipped == ["augment"]
 
 
 def test_restart_and_resume_reproduce_candidates(augmented, tmp_path):
