@@ -116,3 +116,20 @@ def test_a_refused_restart_deletes_nothing_and_a_corrupt_manifest_is_named(augme
   (copy / "manifest.json").write_text("[]")
   with pytest.raises(RuntimeError, match=r"manifest.json: expected an object with a 'stages' object"):
     runner.run(cfg, copy, only="augment")
+
+
+@pytest.mark.slow
+def test_without_curation_the_run_finishes_and_m1_is_answered_once(augmented, tmp_path):
+  """ablation.curation=False: train_1 on all candidates, no curate stages, and no_curation *is* m1, so its
+  evaluation is m1's file, not a second generation pass over the held-out set."""
+  _, wd = augmented
+  copy = tmp_path / "copy"
+  shutil.copytree(wd, copy)
+  res = runner.run(tiny_config(**{"ablation.curation": False}), copy)
+  assert res.ran == ["seed", "train_1", "evaluate", "report"]
+  ev = copy / "evaluate"
+  assert (ev / "no_curation.jsonl").read_bytes() == (ev / "m1.jsonl").read_bytes()
+  assert (ev / "m1.jsonl").read_text().count("\n") > 0
+  assert sorted({p.name.split("-")[0] for p in (ev / "parts").glob("*.jsonl")}) == ["m1", "seed_only"]
+  summary = json.loads((copy / "report/summary.json").read_text())
+  assert "no_curation" in json.dumps(summary)
