@@ -111,10 +111,11 @@ class LanguageModel:
                top_k: int = 0, seed=0, stop=(), return_logprobs: bool = False, *, config=None):
     """Continues each prompt (token-id lists -> lists of new ids; strings -> strings, BOS added).
 
-    Stops after EOS (excluded) or max_new_tokens. temperature 0 is greedy. `seed`: an int (row i uses
-    fold_in(PRNGKey(seed), i)) or one int per prompt (e.g. a hash of the record id). `stop`: strings (cut
-    from the text; token results keep the tokens through the one completing the string) and/or token-id
-    sequences (excluded). With return_logprobs each result is (tokens_or_text, float32 log-probs).
+    Stops after EOS or another of the model's end ids (cfg.eos_ids; excluded) or max_new_tokens.
+    temperature 0 is greedy. `seed`: an int (row i uses fold_in(PRNGKey(seed), i)) or one int per prompt
+    (e.g. a hash of the record id). `stop`: strings (cut from the text; token results keep the tokens
+    through the one completing the string) and/or token-id sequences (excluded). With return_logprobs each
+    result is (tokens_or_text, float32 log-probs).
     """
     from hb_jax.sample import plan
     from hb_jax.sample.sampling import Sampling

@@ -62,7 +62,10 @@ class ModelConfig:
   max_position_embeddings: int = 2048
   tie_word_embeddings: bool = False
   bos_id: int = 1
-  eos_id: int = 2
+  eos_id: int = 2  # generation stops at it (training targets end with the tokenizer's EOS)
+  # Further ids generation stops at exactly as at eos_id (excluded from the output), e.g. LLaMA-3.1-Instruct's
+  # <|eom_id|> and <|eot_id|> from a list-valued HF `eos_token_id`. Left out of model.json when empty.
+  extra_eos_ids: tuple[int, ...] = ()
   # Numerics: parameters are stored in param_dtype; matmuls run in dtype ('auto': bfloat16 on GPU/TPU,
   # float32 on CPU). RMSNorm, RoPE and softmax always run in float32.
   param_dtype: str = "float32"
@@ -92,6 +95,9 @@ class ModelConfig:
       set_("intermediate_size", ffn_dim(self.hidden_size, self.multiple_of, self.ffn_dim_multiplier))
     if isinstance(self.rope_scaling, Mapping):
       set_("rope_scaling", RopeScaling(**dict(self.rope_scaling)))
+    if isinstance(self.extra_eos_ids, (str, bytes)) or not isinstance(self.extra_eos_ids, (list, tuple)):
+      raise ConfigError(f"model.extra_eos_ids must be a list of token ids, found {self.extra_eos_ids!r}")
+    set_("extra_eos_ids", tuple(self.extra_eos_ids))
     for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                 "intermediate_size"):
       if int(getattr(self, key)) <= 0:
@@ -113,6 +119,17 @@ class ModelConfig:
       raise ConfigError(f"model.remat must be none|full|dots, found {self.remat!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(f"model.dropout_rate must be in [0, 1), found {self.dropout_rate}")
+    for i in self.extra_eos_ids:
+      if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
+        raise ConfigError(f"model.extra_eos_ids: expected token ids in [0, {self.vocab_size}), found {i!r}")
+    if len(set(self.extra_eos_ids)) != len(self.extra_eos_ids) or self.eos_id in self.extra_eos_ids:
+      raise ConfigError(f"model.extra_eos_ids must be distinct and exclude eos_id {self.eos_id}, found "
+                        f"{list(self.extra_eos_ids)}")
+
+  @property
+  def eos_ids(self) -> tuple[int, ...]:
+    """Every id generation stops at: eos_id, then extra_eos_ids."""
+    return (self.eos_id,) + self.extra_eos_ids
 
   @property
   def num_params(self) -> int:
@@ -128,8 +145,16 @@ class ModelConfig:
     """Parameters that cost 2 FLOPs per token each in a forward pass (the MFU convention)."""
     return self.num_params - self.vocab_size * self.hidden_size * (0 if self.tie_word_embeddings else 1)
 
-  def to_dict(self) -> dict[str, Any]:
+  def fields_dict(self) -> dict[str, Any]:
+    """The fields as a dict, less extra_eos_ids when empty: what model.json and run fingerprints hold, so a
+    config without extra end ids serialises (and fingerprints) as it did before the field existed."""
     out = dataclasses.asdict(self)
+    if not out["extra_eos_ids"]:
+      del out["extra_eos_ids"]
+    return out
+
+  def to_dict(self) -> dict[str, Any]:
+    out = self.fields_dict()
     out["format_version"] = FORMAT_VERSION
     return out
 
@@ -148,7 +173,10 @@ class ModelConfig:
     unknown = sorted(set(data) - known)
     if unknown:
       raise ConfigError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(known)}")
-    return cls(**data)
+    try:
+      return cls(**data)
+    except ConfigError as e:
+      raise ConfigError(f"{where}: {e}") from e
 
   @classmethod
   def from_json(cls, text: str, where: str = "model.json") -> "ModelConfig":

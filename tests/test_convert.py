@@ -286,3 +286,76 @@ def test_meta_llama3_ids_and_tiktoken_tokenizer(tmp_path):
   assert _tokenizer_in(tmp_path) is None
   (tmp_path / "tokenizer.json").write_text("{}")
   assert _tokenizer_in(tmp_path) == tmp_path / "tokenizer.json"
+
+
+# ---- a list-valued eos_token_id (LLaMA-3.1-Instruct: [128001, 128008, 128009]) ----
+
+def _set_eos(hf_dir, where: str, value) -> None:
+  """Writes `value` as eos_token_id into config.json or generation_config.json (config.json then keeps 2)."""
+  path = hf_dir / f"{where}.json"
+  cfg = json.loads(path.read_text())
+  cfg["eos_token_id"] = value
+  path.write_text(json.dumps(cfg, indent=2))
+
+
+@pytest.mark.parametrize("where", ["config", "generation_config"])
+def test_list_eos_token_id_round_trips(tmp_path, where):
+  from transformers import GenerationConfig
+
+  from hb_jax.checkpoint import read_model_config
+
+  _, hf_dir = make_hf_llama(tmp_path)
+  single = convert_hf(hf_dir, tmp_path / "single")  # one end id: model.json as before the field existed
+  assert "extra_eos_ids" not in json.loads((single / "model.json").read_text())
+  assert api.load(single).cfg.eos_ids == (2,)
+  _set_eos(hf_dir, where, [2, 40, 41])
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  meta = json.loads((ours / "model.json").read_text())
+  assert (meta["eos_id"], meta["extra_eos_ids"]) == (2, [40, 41])
+  cfg = api.load(ours).cfg
+  assert (cfg.eos_id, cfg.extra_eos_ids, cfg.eos_ids) == (2, (40, 41), (2, 40, 41))
+  # Back to HF: both files list every end id, and transformers' generation reads them.
+  export_hf(ours, tmp_path / "back")
+  for name in ("config.json", "generation_config.json"):
+    assert json.loads((tmp_path / "back" / name).read_text())["eos_token_id"] == [2, 40, 41], name
+  assert GenerationConfig.from_pretrained(tmp_path / "back").eos_token_id == [2, 40, 41]
+  assert read_model_config(convert_hf(tmp_path / "back", tmp_path / "again")) == read_model_config(ours)
+
+
+def test_eos_ids_of_both_files_are_merged_in_order(tmp_path):
+  _, hf_dir = make_hf_llama(tmp_path)
+  _set_eos(hf_dir, "config", [5, 40])
+  _set_eos(hf_dir, "generation_config", [5, 41, 40, 2])
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  assert api.load(ours).cfg.eos_ids == (5, 40, 41, 2)  # config.json's first is eos_id (training's end)
+
+
+@pytest.mark.parametrize("where", ["config", "generation_config"])
+@pytest.mark.parametrize("value,message", [
+    ([], "eos_token_id is an empty list"),
+    ([2, "x"], "eos_token_id must be an int or a list of ints, found [2, 'x']"),
+    ([2, 40.0], "eos_token_id must be an int or a list of ints, found [2, 40.0]"),
+    ([2, True], "eos_token_id must be an int or a list of ints, found [2, True]"),
+    ([2, 97], "eos_token_id 97 is outside the vocabulary [0, 97)"),
+    (-1, "eos_token_id -1 is outside the vocabulary [0, 97)"),
+])
+def test_malformed_eos_token_id_is_named(tmp_path, where, value, message):
+  import re
+
+  _, hf_dir = make_hf_llama(tmp_path)
+  _set_eos(hf_dir, where, value)
+  out = tmp_path / "out"
+  with pytest.raises(ConfigError, match=re.escape(f"{hf_dir / where}.json: {message}")):
+    convert(hf_dir, out)
+  assert not out.exists()
+
+
+def test_malformed_extra_eos_ids_in_model_json_are_named(tmp_path):
+  _, hf_dir = make_hf_llama(tmp_path)
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  meta = json.loads((ours / "model.json").read_text())
+  for value, message in [([97], r"expected token ids in \[0, 97\), found 97"), ("40", "must be a list"),
+                         ([2], "exclude eos_id 2"), ([40, 40], "must be distinct")]:
+    (ours / "model.json").write_text(json.dumps({**meta, "extra_eos_ids": value}))
+    with pytest.raises(ConfigError, match=rf"ours/model.json: model.extra_eos_ids.*{message}"):
+      api.load(ours)

@@ -38,8 +38,30 @@ def _first(x, default):
   return x[0] if isinstance(x, (list, tuple)) else x
 
 
-def model_config_from_hf(cfg: Mapping[str, Any], where: str = "config.json", **overrides) -> ModelConfig:
-  """ModelConfig from a HF LlamaConfig dict; refuses architectures this network does not implement."""
+def _eos_list(value, vocab_size: int, where: str) -> list[int]:
+  """`eos_token_id` as a list of ids (an int or a list of ints; None/absent: []), checked against the vocab."""
+  if value is None:
+    return []
+  ids = value if isinstance(value, list) else [value]
+  if not ids:
+    raise ConfigError(f"{where}: eos_token_id is an empty list; expected a token id or a non-empty list of them")
+  for i in ids:
+    if isinstance(i, bool) or not isinstance(i, int):
+      raise ConfigError(f"{where}: eos_token_id must be an int or a list of ints, found {value!r}")
+    if not 0 <= i < vocab_size:
+      raise ConfigError(f"{where}: eos_token_id {i} is outside the vocabulary [0, {vocab_size})")
+  return ids
+
+
+def model_config_from_hf(cfg: Mapping[str, Any], where: str = "config.json", *,
+                         generation_config: Mapping[str, Any] | None = None,
+                         generation_where: str = "generation_config.json", **overrides) -> ModelConfig:
+  """ModelConfig from a HF LlamaConfig dict; refuses architectures this network does not implement.
+
+  End ids: `eos_token_id` may be a list (LLaMA-3.1-Instruct: [128001, 128008, 128009]), in config.json and/or
+  generation_config.json (what `transformers` generation stops at). eos_id is config.json's first (else
+  generation_config.json's first, else 2); every other id of either list becomes extra_eos_ids, in order.
+  """
   model_type = cfg.get("model_type")
   archs = cfg.get("architectures") or []
   if model_type != "llama" and "LlamaForCausalLM" not in archs:
@@ -61,9 +83,14 @@ def model_config_from_hf(cfg: Mapping[str, Any], where: str = "config.json", **o
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_id=int(_first(cfg.get("bos_token_id"), 1)), eos_id=int(_first(cfg.get("eos_token_id"), 2)))
+        bos_id=int(_first(cfg.get("bos_token_id"), 1)))
   except KeyError as e:
     raise ConfigError(f"{where}: required key {e.args[0]!r} is missing") from e
+  eos = _eos_list(cfg.get("eos_token_id"), fields["vocab_size"], where)
+  if generation_config is not None:
+    eos += _eos_list(generation_config.get("eos_token_id"), fields["vocab_size"], generation_where)
+  eos = list(dict.fromkeys(eos)) or [2]
+  fields.update(eos_id=eos[0], extra_eos_ids=tuple(eos[1:]))
   fields.update(overrides)
   return ModelConfig(**fields)
 
@@ -89,7 +116,7 @@ def hf_config_from_model(cfg: ModelConfig, torch_dtype: str = "float32") -> dict
       "attention_bias": False,
       "mlp_bias": False,
       "bos_token_id": cfg.bos_id,
-      "eos_token_id": cfg.eos_id,
+      "eos_token_id": hf_eos_token_id(cfg),
       "torch_dtype": torch_dtype,
   }
   if cfg.rope_scaling is not None:
@@ -98,6 +125,11 @@ def hf_config_from_model(cfg: ModelConfig, torch_dtype: str = "float32") -> dict
                            "high_freq_factor": s.high_freq_factor,
                            "original_max_position_embeddings": s.original_max_position_embeddings}
   return out
+
+
+def hf_eos_token_id(cfg: ModelConfig) -> int | list[int]:
+  """HF's `eos_token_id`: the id, or the list of every end id when there are extra ones."""
+  return list(cfg.eos_ids) if cfg.extra_eos_ids else cfg.eos_id
 
 
 def model_config_from_meta(params: Mapping[str, Any], vocab_size: int, intermediate_size: int,

@@ -16,7 +16,7 @@ from etils import epath
 
 from hb_jax import checkpoint
 from hb_jax.config import ModelConfig
-from hb_jax.convert.hf_config import hf_config_from_model
+from hb_jax.convert.hf_config import hf_config_from_model, hf_eos_token_id
 from hb_jax.convert.sources import ConversionError, TensorSource, open_source
 
 
@@ -224,7 +224,7 @@ def export_hf(model_dir, output_dir, *, dtype: str = "float32", max_shard_bytes:
           json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(json.dumps(hf_config_from_model(cfg, dtype), indent=2))
     (tmp / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id}, indent=2))
+        {"bos_token_id": cfg.bos_id, "eos_token_id": hf_eos_token_id(cfg)}, indent=2))
     tok = checkpoint.tokenizer_path(model_dir)
     if tok is not None:
       tok.copy(tmp / tok.name)

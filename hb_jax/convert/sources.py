@@ -90,7 +90,10 @@ class HFSource:
     self.where = str(self.folder)
     cfg_path = self.folder / "config.json"
     hf_cfg = _read_json_object(cfg_path, ConfigError)
-    self.config = model_config_from_hf(hf_cfg, where=str(cfg_path), **config_overrides)
+    gen_path = self.folder / "generation_config.json"  # may list more end ids (eos_token_id) than config.json
+    gen_cfg = _read_json_object(gen_path, ConfigError) if gen_path.exists() else None
+    self.config = model_config_from_hf(hf_cfg, where=str(cfg_path), generation_config=gen_cfg,
+                                       generation_where=str(gen_path), **config_overrides)
     self.torch_dtype = hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32"
     self.tokenizer_file = _tokenizer_in(self.folder)
     index = self.folder / "model.safetensors.index.json"

@@ -109,7 +109,7 @@ def generate_jsonl(sampler: Sampler, input_path, output_path, *, max_new_tokens:
                          dataclasses.asdict(sampling), "stop": [list(x) if not isinstance(x, str) else x for x in stop],
                          "eos_ids": None if eos_ids is None else list(eos_ids), "seed": seed,
                          "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
-                         "sample_config": dataclasses.asdict(cfg), "model": dataclasses.asdict(sampler.cfg)},
+                         "sample_config": dataclasses.asdict(cfg), "model": sampler.cfg.fields_dict()},
                         sort_keys=True, default=str)
   job = chunked.fingerprint(inputs, settings)
   marker = epath.Path(f"{output_path}.done")

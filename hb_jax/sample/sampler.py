@@ -295,7 +295,8 @@ class Sampler:
 
     seeds: uint32 [N, 2] per-prompt (a, b) with row key fold_in(PRNGKey(a), b) (see plan.seed_pairs_*);
     default: fold_in(PRNGKey(config.seed), i). prefix: 'auto' (reuse the prompts' common prefix when at
-    least config.prefix_min_tokens long), an explicit length, or None/0.
+    least config.prefix_min_tokens long), an explicit length, or None/0. eos_ids: the ids a row ends at
+    (excluded from its tokens, finish_reason 'eos'); default the model's eos_id and extra_eos_ids.
     """
     cfg = self.config
     prompts = self._check_prompts(prompts)
@@ -315,7 +316,7 @@ class Sampler:
       raise ValueError(f"seeds must be uint32 [{n}, 2], found shape {seeds.shape}")
     if stop_strings and self.detokenize is None:
       raise ValueError("stop strings need a tokenizer (Sampler(detokenize=...))")
-    eos = tuple(int(e) for e in ((self.cfg.eos_id,) if eos_ids is None else eos_ids))
+    eos = tuple(int(e) for e in (self.cfg.eos_ids if eos_ids is None else eos_ids))
     stops = tuple(tuple(int(t) for t in s) for s in stop_sequences if len(s))
     spec = DecodeSpec(sampling, max_new, min(cfg.chunk_steps, max_new))
     rule = StopRule.make(eos, stops)

@@ -75,7 +75,7 @@ def _run_fingerprint(cfg: ModelConfig, tc: TrainConfig, num_steps: int, examples
     data.update(np.asarray(ex["prompt"], np.int32).tobytes() + b"|" + np.asarray(ex["response"], np.int32).tobytes()
                 + b";")
   train_cfg = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _RUN_NEUTRAL}
-  return {"model": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+  return {"model": json.loads(json.dumps(cfg.fields_dict(), default=str)),
           "train": json.loads(json.dumps(train_cfg, default=str)), "num_steps": num_steps,
           "examples": len(examples), "examples_sha1": data.hexdigest()}
 
