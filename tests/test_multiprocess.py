@@ -1,5 +1,5 @@
 """Two JAX processes x 4 CPU devices (gloo collectives) give the logits, and finetune to the parameters, of one
-process x 8 devices."""
+process x 8 devices; a training checkpoint of either layout resumes on the other."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,7 @@ from hb_jax.parallel import make_mesh
 
 WORKER = pathlib.Path(__file__).with_name("mp_logits_worker.py")
 FINETUNE_WORKER = pathlib.Path(__file__).with_name("mp_finetune_worker.py")
+RESUME_WORKER = pathlib.Path(__file__).with_name("mp_resume_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -79,3 +80,30 @@ def test_two_processes_finetune_like_one(tmp_path):
     assert not np.array_equal(x, x0), path  # trained
     # Adam turns summation-order noise in near-zero gradients into ~1e-6 differences; training moved >1e-3.
     np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_resume_on_another_process_count(tmp_path):
+  """A job resized after preemption resumes: 2 processes x 4 devices train to step 2, 1 process x 8 continues
+  to step 4, 2 processes finish (grain keeps one iterator state per process and restores only the current
+  layout's, so each resume failed inside grain). Orbax reshards the state and the data is placed at the
+  restored step, whose examples do not depend on the layout: the parameters are those of one uninterrupted
+  process (up to the collectives' summation order)."""
+  from tests.mp_train_config import resume_run
+
+  ref = resume_run(tmp_path / "ref")
+  work = tmp_path / "work"
+  _launch(RESUME_WORKER, portpicker.pick_unused_port(), work, 2)
+  mid = resume_run(work, stop_at=4)
+  assert (mid.resumed_from, mid.step, mid.completed) == (2, 4, False)
+  _launch(RESUME_WORKER, portpicker.pick_unused_port(), work, 0)
+  end = resume_run(work)  # the 2 processes finished it: this only restores their last checkpoint
+  assert (end.resumed_from, end.step, end.completed) == (6, 6, True)
+  import jax
+
+  tol = dict(rtol=1e-4, atol=1e-5)
+  leaves = [list(map(np.asarray, jax.tree.leaves(r.state.params))) for r in (ref, mid, end)]
+  for want, got in zip(leaves[0], leaves[2]):
+    np.testing.assert_allclose(got, want, **tol)
+  # The tolerance tells steps (and so the data of a step) apart: two steps moved the parameters well past it.
+  assert not all(np.allclose(x, y, **tol) for x, y in zip(leaves[0], leaves[1]))

@@ -19,7 +19,9 @@ fit, and examples whose prompt leaves no room for a single response token are dr
 overlong='drop' every too-long example is dropped. Examples with an empty response are dropped (no loss).
 
 The pipeline is grain's: `MapDataset.source(range(n)).shuffle(seed).repeat()` (a fresh permutation per
-epoch), `[process::process_count]`, `.batch()`, `.map(pack)`; its iterator state is what checkpoints save.
+epoch), `[process::process_count]`, `.batch()`, `.map(pack)`. Step s takes positions s*B..(s+1)*B-1 of the
+shuffled stream whatever the process count, so the iterator's position is the step, and a resume seeks it
+there (hb_jax.train.checkpointing.seek_data), on any number of processes.
 """
 from __future__ import annotations
 
@@ -291,7 +293,7 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules = TRA
 
 
 class TrainData:
-  """The training stream: `next()` gives one step's global batch; `iterator` is checkpointed."""
+  """The training stream: `next()` gives one step's global batch; `iterator` is placed at a resumed step."""
 
   def __init__(self, examples: Sequence[Example], plan: BatchPlan, *, seed: int, mesh: Mesh,
                rules: Rules = TRAIN_RULES, process_index: int | None = None):

@@ -5,12 +5,19 @@
   marker on object stores); `latest_step` only sees finalised steps, so a checkpoint half-written when the
   process was killed is never taken for a good one (Orbax removes such leftovers on the next start).
 - Policy: every `save_every` steps, on demand (`force`: the end of training, preemption), keep the last K.
+- Resizing: a checkpoint resumes on any process count and mesh. Orbax reshards the TrainState onto the new
+  mesh; the data iterator is not restored from its saved per-process state (grain writes one file per
+  process, `process_<i>-of-<n>.json`, and reads back only the file of the current layout) but placed at the
+  restored step (`seek_data`): the examples of step s are a pure function of the config and s, whatever
+  the process count (hb_jax.data.loader). The grain state is still saved, so older code can resume these
+  checkpoints on their own layout.
 - Preemption: SIGTERM sets a flag; `PreemptionWatcher.should_stop(step)` agrees on it across processes
   (all processes must stop at the same step to write one checkpoint together).
 """
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from typing import Any
@@ -48,11 +55,20 @@ class TrainCheckpointer:
         DATA: grain.checkpoint.CheckpointSave(data_iterator)}), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator) -> Any:
-    """Restores TrainState (onto `abstract_state`'s shardings) and, in place, the data iterator."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state),
-        DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
-    return restored[STATE]
+    """Restores TrainState (onto `abstract_state`'s shardings, whatever mesh and process count wrote it) and
+    places `data_iterator` at the restored step (`seek_data`), not at its saved per-process state, which
+    exists only for the process count the checkpoint was written with."""
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})  # DATA: see seek_data
+    state = self.manager.restore(step, args=args)[STATE]
+    seek_data(data_iterator, int(jax.device_get(state.step)))
+    return state
+
+  def saved_process_count(self, step: int) -> int | None:
+    """The process count that wrote `step` (from the names of its per-process data files; None if unknown)."""
+    folder = self.directory / str(step) / DATA
+    names = [p.name for p in folder.iterdir()] if folder.exists() else []
+    counts = {int(m[1]) for m in (re.fullmatch(r"process_\d+-of-(\d+)\.json", n) for n in names) if m}
+    return counts.pop() if len(counts) == 1 else None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -60,6 +76,16 @@ class TrainCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def seek_data(data_iterator, step: int) -> None:
+  """Places the training data iterator (hb_jax.data.loader.TrainData.iterator: a grain MapDataset iterator
+  yielding one element per optimizer step) where it stands after `step` steps, on every process."""
+  state = data_iterator.get_state()
+  if not (isinstance(state, dict) and set(state) == {"next_index"}):
+    raise TypeError(f"seek_data: expected a grain MapDataset iterator (state {{'next_index': n}}), found state "
+                    f"{state!r} of {type(data_iterator).__name__}")
+  data_iterator.set_state({"next_index": step})
 
 
 class PreemptionWatcher:

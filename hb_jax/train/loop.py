@@ -2,9 +2,12 @@
 
 `train` works on already-tokenised examples and returns the final TrainState; reading JSONL, tokenising
 and writing the model folder are `finetune.py`'s job. Resuming is exact: the checkpoint holds params,
-optimizer state, step, base RNG key and the grain iterator state, and dropout keys derive from
-(key, step), so a run killed at any point and rerun ends bit-identical to an uninterrupted one (same
-devices, same mesh).
+optimizer state, step and base RNG key, the data stream is placed at the restored step (its examples per
+step are a function of config and step only), and dropout keys derive from (key, step), so a run killed at
+any point and rerun ends bit-identical to an uninterrupted one (same devices, same mesh). A checkpoint also
+resumes on another process count or mesh (a resized job): Orbax reshards the state, and each step takes the
+same examples, so the run continues as it would have, up to float summation order (and, with dropout, masks
+that follow the row layout).
 """
 from __future__ import annotations
 
@@ -160,6 +163,11 @@ def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequenc
       if resumed_from is not None:
         state = ckpt.restore(resumed_from, step_lib.abstract_state(cfg, tx, mesh, rules), data.iterator)
         log.info("resumed from step %d of %d", resumed_from, num_steps)
+        written_by = ckpt.saved_process_count(resumed_from)
+        if written_by not in (None, jax.process_count()):
+          log.warning("resumed step %d, written by %d processes, on %d: the same examples per step, not "
+                      "bit-identical to an unresized run (summation order; dropout masks follow the row layout)",
+                      resumed_from, written_by, jax.process_count())
       else:
         params = None if init_params is None else init_params()
         state = step_lib.init_state(cfg, tx, mesh, seed=tc.seed, params=params, rules=rules)
