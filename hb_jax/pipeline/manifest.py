@@ -7,8 +7,9 @@ A stage is *done* only when its entry says so; its outputs are written (atomical
 crash between the two leaves a stage that reruns and rewrites the same bytes. The manifest itself is one
 small JSON object written atomically (object stores: whole upload + commit marker, via records.write_json).
 On an object store a rewrite has a moment with no committed manifest (the marker goes before the upload),
-so each save there writes `manifest.json.prev` first, and a reader takes it when the manifest is
-uncommitted: a preemption mid-save costs at most the entry being saved, never the run's record.
+so each save there writes `manifest.json.prev` first, and a reader takes it when the manifest is there but
+uncommitted: a preemption mid-save costs at most the entry being saved, never the run's record. (A manifest
+moved away is a fresh start; the backup is not read then.)
 Only process 0 writes it.
 """
 from __future__ import annotations
@@ -65,7 +66,9 @@ class Manifest:
     self.writer = writer
     self.backup = self.workdir / BACKUP
     self.data: dict[str, Any] = {"format_version": FORMAT_VERSION, "stages": {}}
-    source = next((p for p in (self.path, self.backup) if records.is_committed(p)), None)
+    source = self.path if records.is_committed(self.path) else None
+    if source is None and self.path.exists() and records.is_committed(self.backup):
+      source = self.backup  # a save cut between the marker's removal and the upload's end (not a removed file)
     if source is not None:
       try:
         self.data = json.loads(source.read_text())

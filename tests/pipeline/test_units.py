@@ -107,6 +107,10 @@ def test_manifest_survives_preemption_mid_save_on_an_object_store(tmp_path, monk
   assert back.check("augment", {"b": 1}, {"x": "1"}) == "resume"  # the backup holds the save that was cut
   back.finish("augment", {"augment/candidates.jsonl": "def"})
   assert Manifest(tmp_path).is_done("augment") and records.is_committed(tmp_path / "manifest.json")
+  # A manifest moved away (to start the run over) is a fresh start, not a cue to read the backup.
+  (tmp_path / "manifest.json").rename(tmp_path / "old-manifest.json")
+  (tmp_path / "manifest.json.commit").unlink()
+  assert Manifest(tmp_path).stages == {}
 
 
 def _inputs(n):
