@@ -178,4 +178,3 @@ def _local_copy(path: str | os.PathLike, staging: str, index: int) -> str:
   with epath.Path(path).open("rb") as src, open(local, "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 22)
   return local
-

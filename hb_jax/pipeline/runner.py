@@ -102,13 +102,15 @@ def _check_finished(manifest: Manifest, cfg: PipelineConfig, stages: Sequence[St
       manifest.check(st.name, _config_subset(cfg, st.keys), _inputs(manifest, st))
 
 
-# Config fields that say how a stage runs (devices, batching, checkpoints, logging), not what it computes.
-# A lone stage may read an upstream stage done under other values of these: docs/launch.md runs training
-# stages on one slice and sampling stages on another, each with its own layout.
+# Config fields that say how a stage runs (devices, batching, checkpoints, logging), not what it computes:
+# under other values a stage's results agree up to float summation order, except that training with dropout
+# draws its masks per row, so another row layout gives a model equal in distribution, not in weights. A lone
+# stage may read an upstream stage done under other values of these: docs/launch.md runs training stages on
+# one slice and sampling stages on another, each with its own layout.
 LAYOUT_FIELDS = frozenset({
   "batch", "chunk_records", "micro_batches", "rows_per_micro_batch", "remat", "loss_chunk", "mesh_data",
   "mesh_fsdp", "mesh_tensor", "checkpoint_every", "keep_checkpoints", "async_checkpointing", "log_every",
-  "tensorboard", "progress_bar", "peak_flops_per_device"})
+  "tensorboard", "progress_bar", "peak_flops_per_device", "eval_every"})
 
 
 def _check_upstream(manifest: Manifest, cfg: PipelineConfig, only: str, stages: Sequence[Stage]) -> None:
