@@ -280,7 +280,7 @@ def test_meta_llama3_ids_and_tiktoken_tokenizer(tmp_path):
 
   params = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "rope_theta": 5e5}
   llama3 = model_config_from_meta(params, 128256, 224)
-  assert (llama3.bos_id, llama3.eos_id) == (128000, 128001)
+  assert (llama3.bos_id, llama3.eos_id, llama3.eos_ids) == (128000, 128001, (128001, 128008, 128009))
   assert (model_config_from_meta(params, 32000, 224).bos_id, model_config_from_meta(params, 32000, 224).eos_id) == (1, 2)
   (tmp_path / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")  # tiktoken: "<base64> <rank>" lines
   assert _tokenizer_in(tmp_path) is None

@@ -148,8 +148,10 @@ def model_config_from_meta(params: Mapping[str, Any], vocab_size: int, intermedi
         multiple_of=int(params.get("multiple_of", 256)), ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
         rms_norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=float(params.get("rope_theta", 10000.0)),
         rope_scaling=scaling, max_position_embeddings=int(params.get("max_seq_len", 2048)),
-        # LLaMA-3's tiktoken vocabulary puts <|begin_of_text|> / <|end_of_text|> after its 128000 BPE tokens;
+        # LLaMA-3's tiktoken vocabulary puts <|begin_of_text|> / <|end_of_text|> after its 128000 BPE tokens,
+        # and Meta's reference generation also stops at <|eom_id|> 128008 (3.1; reserved in 3.0) and
+        # <|eot_id|> 128009: a params.json does not say base or chat model, and a base model never emits them.
         # LLaMA 1/2's sentencepiece has BOS 1, EOS 2 (the ModelConfig defaults).
-        **(dict(bos_id=128000, eos_id=128001) if vocab_size >= 128002 else {}))
+        **(dict(bos_id=128000, eos_id=128001, extra_eos_ids=(128008, 128009)) if vocab_size >= 128010 else {}))
   except KeyError as e:
     raise ConfigError(f"{where}: required key {e.args[0]!r} is missing") from e
