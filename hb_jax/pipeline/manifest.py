@@ -59,6 +59,15 @@ def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
   return [] if old == new else [prefix or "<root>"]
 
 
+def restrict(old: Any, new: Any) -> Any:
+  """`old` less the keys `new` does not have, at every level: a stage's recorded config seen through the
+  keys it depends on now (a field a later version stopped hashing, e.g. curate.k for curate_t, is not a
+  change)."""
+  if isinstance(old, Mapping) and isinstance(new, Mapping):
+    return {k: restrict(v, new[k]) for k, v in old.items() if k in new}
+  return old
+
+
 class Manifest:
   def __init__(self, workdir: epath.PathLike, writer: bool = True):
     self.workdir = epath.Path(workdir)
@@ -99,12 +108,13 @@ class Manifest:
     e = self.entry(name)
     if not e:
       return "new"
-    same_cfg = e.get("config_hash") == stable_hash(config)
+    recorded = restrict(e.get("config", {}), config)
+    same_cfg = e.get("config_hash") == stable_hash(config) or recorded == config
     same_inputs = e.get("inputs", {}) == dict(inputs)
     if e.get("state") == "done":
       if same_cfg and same_inputs:
         return "done"
-      changed = diff_keys(e.get("config", {}), config)
+      changed = diff_keys(recorded, config)
       changed_inputs = diff_keys(e.get("inputs", {}), dict(inputs))
       what = []
       if changed:

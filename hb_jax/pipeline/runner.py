@@ -21,7 +21,7 @@ from etils import epath
 
 from hb_jax.pipeline import stages as S
 from hb_jax.pipeline.config import PipelineConfig, section
-from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys, restrict
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Stage:
   upstream: tuple[str, ...]
   run: Callable[[S.Context], dict]
   clean: tuple[str, ...]  # workdir paths removed when the stage is redone from scratch
+  ignore: tuple[str, ...] = ()  # dotted fields inside `keys` that its outputs do not depend on
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -41,7 +42,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
   pre_keys = ("inputs", "base") + (("curate.header",) if cfg.inputs.kind == "synthetic" else ())
   out = [
     Stage("prepare", pre_keys, (), S.prepare, ("data", "truth", "models/base", "work/pretrain", "work/tokenizer")),
-    Stage("backward", ("backward", "ablation.joint", "ablation.tags") + (("train",) if cfg.ablation.joint else ()),
+    # Tags mark the forward data only: the backward model sees them only when trained jointly with it.
+    Stage("backward", ("backward", "ablation.joint") + (("ablation.tags", "train") if cfg.ablation.joint else ()),
           ("prepare",), S.backward, ("models/backward", "work/train/backward", "work/data/backward.jsonl",
                                      "work/data/joint.jsonl")),
     Stage("augment", ("augment", "curate.header"), ("prepare", "backward"), S.augment, ("augment",)),
@@ -52,8 +54,10 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
   for t in range(1, iters + 1):
     if cfg.ablation.curation:
       rater = "seed" if t == 1 else f"train_{t - 1}"
+      # Scores (and the fixed A4/A5 sets) do not depend on the threshold k or on how many iterations follow.
       out.append(Stage(f"curate_{t}", ("curate", "ablation.tags"), ("augment", rater),
-                       lambda ctx, t=t: S.curate(ctx, t), (f"curate/iter{t}",)))
+                       lambda ctx, t=t: S.curate(ctx, t), (f"curate/iter{t}",),
+                       ignore=("curate.k", "curate.iterations")))
       up = (f"curate_{t}", "prepare")
     else:
       up = ("augment", "prepare")
@@ -86,8 +90,13 @@ def stage_names(cfg: PipelineConfig) -> list[str]:
   return [s.name for s in plan(cfg)] + list(ON_DEMAND) + ["finetune"]
 
 
-def _config_subset(cfg: PipelineConfig, keys: Sequence[str]) -> dict:
-  return {k: section(cfg, k) for k in keys}
+def _config_subset(cfg: PipelineConfig, keys: Sequence[str], ignore: Sequence[str] = ()) -> dict:
+  out = {k: section(cfg, k) for k in keys}
+  for dotted in ignore:
+    key = next(k for k in keys if dotted.startswith(k + "."))
+    node = out[key] = dict(out[key])
+    node.pop(dotted[len(key) + 1:])
+  return out
 
 
 def _inputs(manifest: Manifest, st: Stage) -> dict[str, str]:
@@ -99,7 +108,7 @@ def _check_finished(manifest: Manifest, cfg: PipelineConfig, stages: Sequence[St
   """Raises StageConfigChanged for a finished stage among `stages` that this config would redo."""
   for st in stages:
     if manifest.is_done(st.name):
-      manifest.check(st.name, _config_subset(cfg, st.keys), _inputs(manifest, st))
+      manifest.check(st.name, _config_subset(cfg, st.keys, st.ignore), _inputs(manifest, st))
 
 
 # Config fields that say how a stage runs (devices, batching, checkpoints, logging), not what it computes:
@@ -120,7 +129,8 @@ def _check_upstream(manifest: Manifest, cfg: PipelineConfig, only: str, stages: 
     if not manifest.is_done(st.name):
       continue
     entry = manifest.entry(st.name)
-    changed = [k for k in diff_keys(entry.get("config", {}), _config_subset(cfg, st.keys))
+    config = _config_subset(cfg, st.keys, st.ignore)
+    changed = [k for k in diff_keys(restrict(entry.get("config", {}), config), config)
                if k.rsplit(".", 1)[-1] not in LAYOUT_FIELDS]
     changed_inputs = diff_keys(entry.get("inputs", {}), _inputs(manifest, st))
     if changed or changed_inputs:
@@ -205,7 +215,7 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
     if missing:
       raise RuntimeError(f"stage {st.name!r} needs {missing} done first (manifest {manifest.path}); run without "
                          "--stage, or run those stages")
-    config = _config_subset(cfg, st.keys)
+    config = _config_subset(cfg, st.keys, st.ignore)
     inputs = _inputs(manifest, st)
     state = manifest.check(st.name, config, inputs)
     if state == "done":

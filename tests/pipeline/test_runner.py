@@ -7,7 +7,7 @@ import pytest
 
 from hb_jax.data import records
 from hb_jax.pipeline import runner
-from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, file_hash
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, file_hash, stable_hash
 
 from tests.pipeline.common import tiny_config
 
@@ -36,8 +36,8 @@ def test_finished_stages_are_skipped(augmented):
     runner.run(cfg, wd, only="curate_1")
 
 
-def test_changed_config_is_refused_naming_stage_and_keys(augmented):
-  _, wd = augmented
+def test_changed_config_is_refused_naming_stage_and_keys(augmented, tmp_path):
+  cfg, wd = augmented
   changed = tiny_config(**{"augment.temperature": 0.5})
   with pytest.raises(StageConfigChanged, match=r"stage 'augment'.*augment\.temperature.*--restart_from=augment"):
     runner.run(changed, wd, only="augment")
@@ -51,6 +51,22 @@ def test_changed_config_is_refused_naming_stage_and_keys(augmented):
   # ... while another layout (how it ran, not what it computed) is accepted: stages on different hardware.
   layout = tiny_config(**{"backward.mesh_tensor": 2, "backward.micro_batches": 2, "backward.log_every": 3})
   assert runner.run(layout, wd, only="augment").skipped == ["augment"]
+  # Tags mark forward data: the backward model (trained alone) does not depend on them. Manifests written
+  # before this version recorded ablation.tags for it: the check sees that entry through today's keys.
+  old = tmp_path / "old"
+  shutil.copytree(wd, old)
+  m = json.loads((old / "manifest.json").read_text())
+  entry = m["stages"]["backward"]
+  assert "ablation.tags" not in entry["config"]
+  entry["config"]["ablation.tags"] = True
+  entry["config_hash"] = stable_hash(entry["config"])
+  (old / "manifest.json").write_text(json.dumps(m))
+  untagged = tiny_config(**{"ablation.tags": False, "evaluate.tag_mode": "none"})
+  for workdir in (wd, old):
+    assert runner.run(untagged, workdir, only="backward").skipped == ["backward"]
+  curate = next(s for s in runner.plan(cfg) if s.name == "curate_1")
+  assert "k" not in runner._config_subset(cfg, curate.keys, curate.ignore)["curate"]
+  assert runner._config_subset(cfg, curate.keys, curate.ignore)["curate"]["method"] == cfg.curate.method
 
 
 def test_restart_and_resume_reproduce_candidates(augmented, tmp_path):

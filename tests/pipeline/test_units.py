@@ -80,6 +80,12 @@ def test_manifest_refuses_changed_config_naming_keys(tmp_path):
   with pytest.raises(StageConfigChanged, match="inputs changed"):
     m2.check("augment", {"augment": {"temperature": 0.7}}, {"x": "2"})
   assert diff_keys({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3, "d": 4}}) == ["a.c", "a.d"]
+  # A field the stage no longer depends on (recorded by an older version) is not a change; the others are.
+  m2.start("curate_1", {"curate": {"method": "generate", "k": 5.0}}, {})
+  m2.finish("curate_1", {})
+  assert Manifest(tmp_path).check("curate_1", {"curate": {"method": "generate"}}, {}) == "done"
+  with pytest.raises(StageConfigChanged, match=r"curate\.method"):
+    Manifest(tmp_path).check("curate_1", {"curate": {"method": "digits"}}, {})
 
 
 def test_manifest_survives_preemption_mid_save_on_an_object_store(tmp_path, monkeypatch):
