@@ -255,29 +255,37 @@ def plan_batches(lengths: Sequence[int], *, batch_size: int, micro_batches: int,
                  process_count: int | None = None) -> BatchPlan:
   """Checks divisibility and fixes the rows per micro-batch: `rows` if given, else the most any step of
   the run needs (over every process's shard, computed locally from lengths only), rounded up so the
-  batch axis splits evenly over the mesh's data axes."""
+  batch axis splits evenly over the mesh's data axes. Given `rows` too few for some step (e.g. a job
+  resized onto fewer processes, each packing a larger share) is refused here, naming the step, rather
+  than when training reaches it."""
   process_count = jax.process_count() if process_count is None else process_count
   if batch_size % (process_count * micro_batches):
     raise ValueError(f"batch_size {batch_size} must be divisible by process_count ({process_count}) x "
                      f"micro_batches ({micro_batches})")
   per_process = batch_size // process_count
   part = per_process // micro_batches
-  if rows <= 0:
-    if not packed:
-      rows_local = part
-    else:
-      rows_local = 1
-      for p in range(process_count):
-        ds = _index_dataset(len(lengths), seed, p, process_count, per_process)
-        for step in range(num_steps):
-          idx = ds[step]
-          for m in range(micro_batches):
-            group = [lengths[i] for i in idx[m * part:(m + 1) * part]]
-            rows_local = max(rows_local, rows_needed(group, seq_len, True))
-    rows = rows_local * process_count
-  ways = _batch_ways(mesh, rules)
-  multiple = math.lcm(ways, process_count)
-  rows = -(-rows // multiple) * multiple
+  if not packed:
+    need_local, worst_step = part, 0
+  else:
+    need_local, worst_step = 1, 0
+    for p in range(process_count):
+      ds = _index_dataset(len(lengths), seed, p, process_count, per_process)
+      for step in range(num_steps):
+        idx = ds[step]
+        for m in range(micro_batches):
+          need = rows_needed([lengths[i] for i in idx[m * part:(m + 1) * part]], seq_len, True)
+          if need > need_local:
+            need_local, worst_step = need, step
+  multiple = math.lcm(_batch_ways(mesh, rules), process_count)
+  if rows > 0:
+    rows = -(-rows // multiple) * multiple
+    if rows // process_count < need_local:
+      raise PackingError(
+        f"rows_per_micro_batch {rows} ({rows // process_count} per process on {process_count}) is too few: "
+        f"step {worst_step + 1} packs its examples into {need_local} rows of {seq_len} per process; set "
+        f"rows_per_micro_batch >= {need_local * process_count}, or 0 to plan it from the data")
+  else:
+    rows = -(-(need_local * process_count) // multiple) * multiple
   return BatchPlan(batch_size, micro_batches, rows, seq_len, packed, process_count)
 
 

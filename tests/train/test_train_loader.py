@@ -80,6 +80,19 @@ def test_process_shards_are_disjoint_and_plan_is_shared():
   assert not firsts[0] & firsts[1] and len(firsts[0] | firsts[1]) == 32
 
 
+def test_given_rows_too_few_for_a_step_are_refused_up_front():
+  """rows_per_micro_batch fixed by the user (global rows, split over the processes) must hold every step's
+  examples; too few is refused at planning, naming the step, not when training reaches it."""
+  lengths = [20] * 16  # 20 of 32 slots: one example a row
+  kw = dict(batch_size=8, micro_batches=1, seq_len=32, packed=True, num_steps=4, seed=5, mesh=_mesh())
+  for pc in (1, 2):
+    assert loader.plan_batches(lengths, process_count=pc, **kw).rows == 8
+    assert loader.plan_batches(lengths, process_count=pc, rows=8, **kw).rows == 8
+    with pytest.raises(loader.PackingError, match=rf"rows_per_micro_batch 4 \({4 // pc} per process on {pc}\) is "
+                                                  rf"too few: step 1 packs its examples into {8 // pc} rows"):
+      loader.plan_batches(lengths, process_count=pc, rows=4, **kw)
+
+
 def test_iterator_state_restores_the_stream():
   exs = random_examples(20, seed=3)
   lengths = [loader.num_slots(e) for e in exs]
