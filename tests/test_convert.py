@@ -350,6 +350,19 @@ def test_malformed_eos_token_id_is_named(tmp_path, where, value, message):
   assert not out.exists()
 
 
+def test_bos_token_id_list_takes_its_first_id_and_is_checked():
+  from hb_jax.convert.hf_config import model_config_from_hf
+
+  base = {"model_type": "llama", "vocab_size": 97, "hidden_size": 16, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "intermediate_size": 32}
+  assert model_config_from_hf({**base, "bos_token_id": [5, 6]}).bos_id == 5
+  assert model_config_from_hf(base).bos_id == 1
+  with pytest.raises(ConfigError, match=r"config.json: bos_token_id 97 is outside the vocabulary \[0, 97\)"):
+    model_config_from_hf({**base, "bos_token_id": [97]})
+  with pytest.raises(ConfigError, match=r"config.json: bos_token_id must be an int or a list of ints"):
+    model_config_from_hf({**base, "bos_token_id": "1"})
+
+
 def test_malformed_extra_eos_ids_in_model_json_are_named(tmp_path):
   _, hf_dir = make_hf_llama(tmp_path)
   ours = convert_hf(hf_dir, tmp_path / "ours")

@@ -32,24 +32,18 @@ def _rope_from_hf(cfg: Mapping[str, Any], where: str) -> tuple[float, RopeScalin
       original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
 
 
-def _first(x, default):
-  if x is None:
-    return default
-  return x[0] if isinstance(x, (list, tuple)) else x
-
-
-def _eos_list(value, vocab_size: int, where: str) -> list[int]:
-  """`eos_token_id` as a list of ids (an int or a list of ints; None/absent: []), checked against the vocab."""
+def _token_ids(value, vocab_size: int, where: str, key: str = "eos_token_id") -> list[int]:
+  """`key` as a list of ids (an int or a list of ints; None/absent: []), checked against the vocab."""
   if value is None:
     return []
   ids = value if isinstance(value, list) else [value]
   if not ids:
-    raise ConfigError(f"{where}: eos_token_id is an empty list; expected a token id or a non-empty list of them")
+    raise ConfigError(f"{where}: {key} is an empty list; expected a token id or a non-empty list of them")
   for i in ids:
     if isinstance(i, bool) or not isinstance(i, int):
-      raise ConfigError(f"{where}: eos_token_id must be an int or a list of ints, found {value!r}")
+      raise ConfigError(f"{where}: {key} must be an int or a list of ints, found {value!r}")
     if not 0 <= i < vocab_size:
-      raise ConfigError(f"{where}: eos_token_id {i} is outside the vocabulary [0, {vocab_size})")
+      raise ConfigError(f"{where}: {key} {i} is outside the vocabulary [0, {vocab_size})")
   return ids
 
 
@@ -82,13 +76,13 @@ def model_config_from_hf(cfg: Mapping[str, Any], where: str = "config.json", *,
         head_dim=cfg.get("head_dim"), intermediate_size=int(cfg["intermediate_size"]),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_id=int(_first(cfg.get("bos_token_id"), 1)))
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
   except KeyError as e:
     raise ConfigError(f"{where}: required key {e.args[0]!r} is missing") from e
-  eos = _eos_list(cfg.get("eos_token_id"), fields["vocab_size"], where)
+  fields["bos_id"] = (_token_ids(cfg.get("bos_token_id"), fields["vocab_size"], where, "bos_token_id") or [1])[0]
+  eos = _token_ids(cfg.get("eos_token_id"), fields["vocab_size"], where)
   if generation_config is not None:
-    eos += _eos_list(generation_config.get("eos_token_id"), fields["vocab_size"], generation_where)
+    eos += _token_ids(generation_config.get("eos_token_id"), fields["vocab_size"], generation_where)
   eos = list(dict.fromkeys(eos)) or [2]
   fields.update(eos_id=eos[0], extra_eos_ids=tuple(eos[1:]))
   fields.update(overrides)
