@@ -142,6 +142,19 @@ def _check_upstream(manifest: Manifest, cfg: PipelineConfig, only: str, stages: 
         f"--restart_from={st.name} to redo that stage and every later one, or restore its settings.")
 
 
+def _check_no_done_stage_awaits_upstream(manifest: Manifest, stages: Sequence[Stage]) -> None:
+  """A finished stage that reads a stage this run has still to do (one a config change added, e.g. more
+  curate.iterations before evaluate) would be refused once that stage is done, hours later: refuse now."""
+  done = {s.name for s in stages if manifest.is_done(s.name)}
+  for st in stages:
+    pending = [u for u in st.upstream if st.name in done and u not in done]
+    if pending:
+      raise StageConfigChanged(
+        f"stage {st.name!r} is done but reads {pending}, which this config adds and this run has still to do "
+        f"(manifest {manifest.path}); rerun with --restart_from={st.name} to do them and redo {st.name!r} and "
+        "every later stage, or restore the previous settings.")
+
+
 def _upstream_closure(stages: Sequence[Stage], name: str) -> list[Stage]:
   """Every stage that `name` reads from, directly or through others, in plan order."""
   by_name = {s.name: s for s in stages}
@@ -207,6 +220,8 @@ def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: 
     # A lone stage reads its upstream stages' outputs: they must be what this config would produce, or
     # its result would belong to neither setup.
     _check_upstream(manifest, cfg, only, _upstream_closure(stages, only))
+  else:
+    _check_no_done_stage_awaits_upstream(manifest, stages)
   ran, skipped, seconds = [], [], {}
   for st in stages:
     if only is not None and st.name != only:

@@ -117,6 +117,21 @@ def test_files_inputs_reproduce_the_synthetic_run_and_refuse_repeated_ids(augmen
     runner.run(tiny_config(**{**files, "inputs.segments_jsonl": str(repeated)}), tmp_path / "dup", only="prepare")
 
 
+def test_a_done_stage_reading_a_stage_still_to_do_is_refused_before_anything_runs(augmented, tmp_path):
+  """As when more curate.iterations put curate_3/train_3 before a finished evaluate: here augment is done
+  and backward is not (its entry gone). The plain run refuses at once, not after redoing backward."""
+  cfg, wd = augmented
+  copy = tmp_path / "copy"
+  shutil.copytree(wd, copy)
+  m = json.loads((copy / "manifest.json").read_text())
+  del m["stages"]["backward"]
+  (copy / "manifest.json").write_text(json.dumps(m))
+  with pytest.raises(StageConfigChanged, match=r"stage 'augment' is done but reads \['backward'\].*"
+                                               r"--restart_from=augment"):
+    runner.run(cfg, copy)
+  assert Manifest(copy).entry("backward") is None  # nothing ran
+
+
 def test_a_refused_restart_deletes_nothing_and_a_corrupt_manifest_is_named(augmented, tmp_path):
   cfg, wd = augmented
   copy = tmp_path / "copy"
