@@ -6,7 +6,8 @@ stage and the keys) unless `restart_from` names it or an earlier stage, which fo
 later one and deletes their outputs. Half done: resumed (bulk stages skip committed chunks, training resumes
 from its last checkpoint); half done under a changed config: its partial outputs are cleared first.
 A lone stage (--stage) also refuses when a finished stage upstream of it was done under other settings
-(LAYOUT_FIELDS aside: batch sizes, meshes, checkpointing and logging may differ between stages).
+(LAYOUT_FIELDS aside: batch sizes, meshes, checkpointing and logging may differ between stages). A full run
+refuses up front a finished stage that reads one it has still to do (a config that adds stages).
 On-demand stages (ON_DEMAND: `scaling`) are planned only when --stage or --restart_from names them, after
 the method's stages, so a plain run never starts them.
 """
@@ -147,8 +148,8 @@ def _check_no_done_stage_awaits_upstream(manifest: Manifest, stages: Sequence[St
   curate.iterations before evaluate) would be refused once that stage is done, hours later: refuse now."""
   done = {s.name for s in stages if manifest.is_done(s.name)}
   for st in stages:
-    pending = [u for u in st.upstream if st.name in done and u not in done]
-    if pending:
+    pending = [u for u in st.upstream if u not in done]
+    if st.name in done and pending:
       raise StageConfigChanged(
         f"stage {st.name!r} is done but reads {pending}, which this config adds and this run has still to do "
         f"(manifest {manifest.path}); rerun with --restart_from={st.name} to do them and redo {st.name!r} and "
