@@ -379,3 +379,11 @@ class TrainConfig:
       if num_examples >= size:
         steps = s
     return steps
+
+
+# TrainConfig fields that change how a run is watched or laid out, not what it computes: a resumed run may
+# change them (the mesh too: checkpoints restore onto another mesh), and the pipeline's layout fields
+# (hb_jax.pipeline.runner.LAYOUT_FIELDS) include them.
+RUN_NEUTRAL_FIELDS = ("progress_bar", "log_every", "tensorboard", "checkpoint_every", "keep_checkpoints",
+                      "async_checkpointing", "eval_every", "peak_flops_per_device", "mesh_data", "mesh_fsdp",
+                      "mesh_tensor")

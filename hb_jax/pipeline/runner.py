@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from etils import epath
 
+from hb_jax.config import RUN_NEUTRAL_FIELDS
 from hb_jax.pipeline import stages as S
 from hb_jax.pipeline.config import PipelineConfig, section
 from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys, restrict
@@ -117,10 +118,8 @@ def _check_finished(manifest: Manifest, cfg: PipelineConfig, stages: Sequence[St
 # draws its masks per row, so another row layout gives a model equal in distribution, not in weights. A lone
 # stage may read an upstream stage done under other values of these: docs/launch.md runs training stages on
 # one slice and sampling stages on another, each with its own layout.
-LAYOUT_FIELDS = frozenset({
-  "batch", "chunk_records", "micro_batches", "rows_per_micro_batch", "remat", "loss_chunk", "mesh_data",
-  "mesh_fsdp", "mesh_tensor", "checkpoint_every", "keep_checkpoints", "async_checkpointing", "log_every",
-  "tensorboard", "progress_bar", "peak_flops_per_device", "eval_every"})
+LAYOUT_FIELDS = frozenset(RUN_NEUTRAL_FIELDS) | {
+  "batch", "chunk_records", "micro_batches", "rows_per_micro_batch", "remat", "loss_chunk"}
 
 
 def _check_upstream(manifest: Manifest, cfg: PipelineConfig, only: str, stages: Sequence[Stage]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from hb_jax.config import ConfigError, ModelConfig, TrainConfig
+from hb_jax.config import RUN_NEUTRAL_FIELDS, ConfigError, ModelConfig, TrainConfig
 from hb_jax.data import loader
 from hb_jax.parallel import TRAIN_RULES, Rules
 from hb_jax.train import checkpointing, metrics as metrics_lib, step as step_lib
@@ -66,18 +66,12 @@ def evaluate(eval_fn, params, examples: Sequence[loader.Example], *, group: int,
   return total / max(count, 1.0)
 
 
-# TrainConfig fields that change how a run is watched or laid out, not what it computes: a resumed run may
-# change them (the mesh too: checkpoints restore onto another mesh).
-_RUN_NEUTRAL = ("progress_bar", "log_every", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                "async_checkpointing", "eval_every", "peak_flops_per_device", "mesh_data", "mesh_fsdp", "mesh_tensor")
-
-
 def _run_fingerprint(cfg: ModelConfig, tc: TrainConfig, num_steps: int, examples) -> dict:
   data = hashlib.sha1()
   for ex in examples:
     data.update(np.asarray(ex["prompt"], np.int32).tobytes() + b"|" + np.asarray(ex["response"], np.int32).tobytes()
                 + b";")
-  train_cfg = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _RUN_NEUTRAL}
+  train_cfg = {k: v for k, v in dataclasses.asdict(tc).items() if k not in RUN_NEUTRAL_FIELDS}
   return {"model": json.loads(json.dumps(cfg.fields_dict(), default=str)),
           "train": json.loads(json.dumps(train_cfg, default=str)), "num_steps": num_steps,
           "examples": len(examples), "examples_sha1": data.hexdigest()}

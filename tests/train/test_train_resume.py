@@ -82,7 +82,6 @@ def test_kill9_and_sigterm_resume_bit_exact(tmp_path):
   assert any("val_loss" in r for r in rows)
 
 
-
 def _small_run(workdir, steps: int):
   """A TrainCheckpointer (None without a workdir), TrainData and a small TrainState (no model: nothing to
   compile) after `steps` steps."""
@@ -112,7 +111,7 @@ def test_a_checkpoint_of_another_process_count_resumes_at_its_step(tmp_path):
   """Grain saves the data iterator per process (data/process_<i>-of-<n>.json) and restores only the file of
   the current layout, so a job resized after preemption failed inside grain ("File .../process_0-of-1.json
   does not exist."). The data position is the restored step instead: the examples of a step do not depend on
-  the process count. The real 2 -> 1 -> 2 process round trip is
+  the process count. The real 2 -> 1 process resume is
   tests/test_multiprocess.py::test_resume_on_another_process_count."""
   import shutil
 
