@@ -34,9 +34,7 @@ gives the answer's tokens a geometric-mean probability >= 0.875): a model this s
 likelihood of the output given the instruction measures directly. `generate` (the paper's, on a sample) and
 `digits` score the same candidates for the report.
 """
-from ml_collections import config_dict
-
-from hb_jax.pipeline.config import with_defaults
+from hb_jax.pipeline.config import defaults
 
 
 def train_cfg(steps, lr, batch=16, seq_len=256, **kw):
@@ -46,25 +44,22 @@ def train_cfg(steps, lr, batch=16, seq_len=256, **kw):
 
 
 def get_config():
-  c = config_dict.ConfigDict()
-  c.name = "demo"
-  c.progress = True
-  c.inputs = dict(kind="synthetic", world_seed=0, num_countries=60, seed_per_family=24,
-                  rating_demos=40, pool_size=900, good_fraction=0.35,
-                  heldout_per_family=40, pretrain_docs=30000,
-                  seed_families=("capital", "add", "convert", "reverse"), web_only_fraction=0.5)
-  c.base = dict(preset="demo", vocab_size=1024, train=train_cfg(1000, 3e-3, batch=32, seq_len=128))
-  c.backward = train_cfg(200, 1e-3, direction="backward")
-  c.train = train_cfg(120, 2e-3)
-  c.augment = dict(temperature=0.5, top_p=0.9, max_new_tokens=24, batch=64, chunk_records=256, seed=0)
-  c.curate = dict(method="likelihood", k=5.0, iterations=2, compare=("generate", "digits", "likelihood"),
-                  generate_sample=128, temperature=0.7, top_p=0.9, max_new_tokens=16, batch=64,
-                  chunk_records=256, header="compact", seed=0)
-  c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)
-  c.evaluate = dict(max_new_tokens=24, batch=64, tag_mode="seed", max_items=0)
-  # `--stage=scaling` (after a run): the demo's A5 set alone is ~96 pairs, so the subsets are drawn from the
-  # seed plus A5 of the last iteration (the data M2 trains on); steps grow with N as in the paper's table.
-  c.scaling = dict(sizes=(14, 28, 56, 112), steps=(60, 80, 100, 120), data="curated+seed", iteration=0, seed=0,
-                   log_base="e", confidence=0.95)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  return with_defaults(c)
+  c = defaults("demo")
+  c.update(dict(
+      inputs=dict(kind="synthetic", world_seed=0, num_countries=60, seed_per_family=24, rating_demos=40,
+                  pool_size=900, good_fraction=0.35, heldout_per_family=40, pretrain_docs=30000,
+                  seed_families=("capital", "add", "convert", "reverse"), web_only_fraction=0.5),
+      base=dict(preset="demo", vocab_size=1024, train=train_cfg(1000, 3e-3, batch=32, seq_len=128)),
+      backward=train_cfg(200, 1e-3),
+      train=train_cfg(120, 2e-3),
+      augment=dict(sampling=dict(temperature=0.5, top_p=0.9, max_new_tokens=24, seed=0), batch=64,
+                   chunk_records=256),
+      curate=dict(method="likelihood", k=5.0, iterations=2, compare=("generate", "digits", "likelihood"),
+                  generate_sample=128, sampling=dict(temperature=0.7, top_p=0.9, max_new_tokens=16, seed=0),
+                  batch=64, chunk_records=256, header="compact"),
+      evaluate=dict(sampling=dict(max_new_tokens=24), batch=64, tag_mode="seed", max_items=0),
+      # `--stage=scaling` (after a run): the demo's A5 set alone is ~96 pairs, so the subsets are drawn from the
+      # seed plus A5 of the last iteration (the data M2 trains on); steps grow with N as in the paper's table.
+      scaling=dict(sizes=(14, 28, 56, 112), steps=(60, 80, 100, 120), data="curated+seed"),
+  ))
+  return c

@@ -12,7 +12,7 @@ Paths may be object-store URLs; so may --workdir.
 Hardware variants: `--config=configs/llama65b.py:tpu-v5p` passes 'tpu-v5p' to get_config (ml_collections'
 `path:argument` form); no suffix means 'h100'. Every variant keeps the paper's settings; only the meshes,
 micro-batches and inference batches differ. Pick one per workdir: the stage hashes in manifest.json include
-train.mesh_* / micro_batches and the augment/curate/evaluate batches, so another variant on the same workdir
+train.mesh / micro_batches and the augment/curate/evaluate batches, so another variant on the same workdir
 is refused for finished stages and restarts half-done ones (see docs/launch.md).
 
 Training mesh: (data=1, fsdp=-1, tensor=T): FSDP over every device the tensor axis leaves, so a bigger slice
@@ -26,9 +26,7 @@ dimension its mesh axis does not divide); 32 examples per step divide by process
 """
 import dataclasses
 
-from ml_collections import config_dict
-
-from hb_jax.pipeline.config import with_defaults
+from hb_jax.pipeline.config import defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,22 +59,20 @@ def pick(layouts, hardware, where):
 
 
 def base_config(name, root, layout, remat="full"):
-  c = config_dict.ConfigDict()
-  c.name = name
-  c.progress = True
-  c.inputs = dict(kind="files", seed_jsonl=f"{root}/inputs/seed.jsonl",
-                  segments_jsonl=f"{root}/inputs/segments.jsonl", heldout_jsonl="",
-                  base_model=f"{root}/models/{name}", max_segments=0)
-  train_mesh = dict(mesh_data=1, mesh_fsdp=-1, mesh_tensor=layout.tensor)
-  c.backward = paper_train(direction="backward", micro_batches=layout.micro_batches, remat=remat, **train_mesh)
-  c.train = paper_train(micro_batches=layout.micro_batches, remat=remat, **train_mesh)
-  c.augment = dict(temperature=0.7, top_p=0.9, max_new_tokens=256, batch=layout.augment_batch,
-                   chunk_records=4096, seed=0)
-  c.curate = dict(method="generate", k=5.0, iterations=2, compare=("generate", "digits", "likelihood"),
-                  generate_sample=0, temperature=0.7, top_p=0.9, max_new_tokens=256, batch=layout.curate_batch,
-                  chunk_records=4096, header="paper", seed=0)
-  c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)
-  c.evaluate = dict(max_new_tokens=512, batch=layout.evaluate_batch, tag_mode="both", max_items=0)
-  # Inference replicas: each process serves its share of the records with the weights split over tensor.
-  c.mesh = dict(data=-1, fsdp=1, tensor=layout.infer_tensor)
-  return with_defaults(c)
+  c = defaults(name)
+  train_mesh = dict(mesh=dict(data=1, fsdp=-1, tensor=layout.tensor))
+  c.update(dict(
+      inputs=dict(kind="files", seed_jsonl=f"{root}/inputs/seed.jsonl", segments_jsonl=f"{root}/inputs/segments.jsonl",
+                  heldout_jsonl="", base_model=f"{root}/models/{name}", max_segments=0),
+      backward=paper_train(micro_batches=layout.micro_batches, remat=remat, **train_mesh),
+      train=paper_train(micro_batches=layout.micro_batches, remat=remat, **train_mesh),
+      augment=dict(sampling=dict(temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0), batch=layout.augment_batch,
+                   chunk_records=4096),
+      curate=dict(method="generate", k=5.0, iterations=2, compare=("generate", "digits", "likelihood"),
+                  generate_sample=0, sampling=dict(temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0),
+                  batch=layout.curate_batch, chunk_records=4096, header="paper"),
+      evaluate=dict(sampling=dict(max_new_tokens=512), batch=layout.evaluate_batch, tag_mode="both", max_items=0),
+      # Inference replicas: each process serves its share of the records with the weights split over tensor.
+      mesh=dict(data=-1, fsdp=1, tensor=layout.infer_tensor),
+  ))
+  return c

@@ -1,8 +1,6 @@
 """A seconds-scale run of every stage for tests and CI: a small world, the tiny preset, a few steps each.
 It checks the machinery (manifest, resume, sharding), not the method's effect (see configs/demo.py)."""
-from ml_collections import config_dict
-
-from hb_jax.pipeline.config import with_defaults
+from hb_jax.pipeline.config import defaults
 
 
 def train_cfg(steps, lr=3e-3, batch=8, seq_len=384, **kw):
@@ -12,23 +10,21 @@ def train_cfg(steps, lr=3e-3, batch=8, seq_len=384, **kw):
 
 
 def get_config():
-  c = config_dict.ConfigDict()
-  c.name = "tiny"
+  c = defaults("tiny")
   c.progress = False
-  c.inputs = dict(kind="synthetic", world_seed=1, num_countries=8, seed_per_family=2, rating_demos=6,
-                  pool_size=40, good_fraction=0.4, heldout_per_family=3, pretrain_docs=60)
-  c.base = dict(preset="tiny", vocab_size=400, train=train_cfg(6, seq_len=128))  # pretraining docs are short
-  c.backward = train_cfg(4, direction="backward")
-  c.train = train_cfg(4)
-  c.augment = dict(temperature=0.7, top_p=0.9, max_new_tokens=8, batch=16, chunk_records=16, seed=0)
-  c.curate = dict(method="digits", k=4.0, iterations=2, compare=("generate", "digits", "likelihood"),
-                  generate_sample=8, temperature=0.7, top_p=0.9, max_new_tokens=6, batch=16,
-                  chunk_records=16, header="compact", seed=0)
-  c.ablation = dict(tags=True, curation=True, joint=False, baselines=True)
-  c.evaluate = dict(max_new_tokens=8, batch=16, tag_mode="both", max_items=0)
-  # --stage=scaling: the tiny world's curated sets hold a handful of pairs, so two sizes of its 14 seed pairs
-  # (human written, i.e. curated); the stage then needs only `prepare` before it.
-  c.scaling = dict(sizes=(4, 12), steps=(2, 2), data="data/seed.jsonl", iteration=0, seed=0, log_base="e",
-                   confidence=0.95)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  return with_defaults(c)
+  c.update(dict(
+      inputs=dict(kind="synthetic", world_seed=1, num_countries=8, seed_per_family=2, rating_demos=6,
+                  pool_size=40, good_fraction=0.4, heldout_per_family=3, pretrain_docs=60),
+      base=dict(preset="tiny", vocab_size=400, train=train_cfg(6, seq_len=128)),  # pretraining docs are short
+      backward=train_cfg(4),
+      train=train_cfg(4),
+      augment=dict(sampling=dict(temperature=0.7, top_p=0.9, max_new_tokens=8, seed=0), batch=16, chunk_records=16),
+      curate=dict(method="digits", k=4.0, iterations=2, compare=("generate", "digits", "likelihood"),
+                  generate_sample=8, sampling=dict(temperature=0.7, top_p=0.9, max_new_tokens=6, seed=0), batch=16,
+                  chunk_records=16, header="compact"),
+      evaluate=dict(sampling=dict(max_new_tokens=8), batch=16, tag_mode="both", max_items=0),
+      # --stage=scaling: the tiny world's curated sets hold a handful of pairs, so two sizes of its 14 seed
+      # pairs (human written, i.e. curated); the stage then needs only `prepare` before it.
+      scaling=dict(sizes=(4, 12), steps=(2, 2), data="data/seed.jsonl"),
+  ))
+  return c

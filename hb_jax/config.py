@@ -7,8 +7,11 @@ validates itself in `__post_init__` and names the offending key when something i
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import types
+import typing
 from typing import Any, Mapping
 
 FORMAT_VERSION = 1
@@ -132,13 +135,18 @@ class ModelConfig:
     return (self.eos_id,) + self.extra_eos_ids
 
   @property
-  def num_params(self) -> int:
-    """Total parameter count (embedding and head counted separately unless tied)."""
+  def params_per_layer(self) -> int:
+    """Parameters of one decoder layer: q and o, k and v projections, the SwiGLU MLP, two RMSNorm scales."""
     d, f, h, k, hd = (self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
                       self.head_dim)
-    per_layer = d * h * hd * 2 + d * k * hd * 2 + 3 * d * f + 2 * d
+    return d * h * hd * 2 + d * k * hd * 2 + 3 * d * f + 2 * d
+
+  @property
+  def num_params(self) -> int:
+    """Total parameter count (embedding and head counted separately unless tied)."""
+    d = self.hidden_size
     head = 0 if self.tie_word_embeddings else self.vocab_size * d
-    return self.vocab_size * d + self.num_layers * per_layer + d + head
+    return self.vocab_size * d + self.num_layers * self.params_per_layer + d + head
 
   @property
   def num_params_no_embedding(self) -> int:
@@ -217,16 +225,162 @@ class MeshConfig:
     return tuple(sizes)
 
 
-def from_config_dict(cls, cd: Mapping[str, Any] | None, where: str):
-  """Builds dataclass `cls` from a (possibly partial) ConfigDict/mapping; unknown keys are errors."""
-  if cd is None:
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How one bulk pass decodes: the token rule (temperature 0 is greedy; top-k, then top-p, as Hugging Face
+  orders them), the length budget, and the run seed (hashed with each record id into its row's key). The
+  defaults are the paper's nucleus sampling; every stage that generates holds one of these."""
+  temperature: float = 0.7
+  top_p: float = 0.9
+  top_k: int = 0
+  max_new_tokens: int = 512
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ConfigError(f"sampling.temperature must be >= 0, found {self.temperature}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ConfigError(f"sampling.top_p must be in (0, 1], found {self.top_p}")
+    if self.top_k < 0:
+      raise ConfigError(f"sampling.top_k must be >= 0, found {self.top_k}")
+    if self.max_new_tokens <= 0:
+      raise ConfigError(f"sampling.max_new_tokens must be positive, found {self.max_new_tokens}")
+
+
+# Keys a config may still carry from an earlier layout: (dataclass, old key) -> the key that replaced it,
+# relative to the same section. A config file or override that uses one is refused naming the new key.
+RENAMED: dict[tuple[str, str], str] = {
+    ("TrainConfig", "mesh_data"): "mesh.data",
+    ("TrainConfig", "mesh_fsdp"): "mesh.fsdp",
+    ("TrainConfig", "mesh_tensor"): "mesh.tensor",
+}
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+  """`value` as the field type `hint` wants it (ints accepted for floats, lists for tuples), else a ConfigError
+  naming `where`. Only the shapes our dataclasses use are understood: scalars, X | None, tuple[X, ...]."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if hint is Any:
+    return value
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    inner = [a for a in args if a is not type(None)]
+    return _check_value(value, inner[0], where) if len(inner) == 1 else value
+  if dataclasses.is_dataclass(hint):
+    if isinstance(value, hint):
+      return value
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+      return build(hint, value, where)
+    raise ConfigError(f"{where}: expected a section of {hint.__name__} fields, found {value!r}")
+  if origin is tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{where}: expected a list, found {value!r}")
+    item = args[0] if args else Any
+    if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
+      return tuple(_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    return tuple(value)
+  if hint is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f"{where}: expected true or false, found {value!r}")
+    return value
+  if hint is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f"{where}: expected an integer, found {value!r}")
+    return value
+  if hint is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"{where}: expected a number, found {value!r}")
+    return float(value)
+  if hint is str:
+    if not isinstance(value, str):
+      raise ConfigError(f"{where}: expected a string, found {value!r}")
+    return value
+  return value
+
+
+def build(cls, data: Mapping[str, Any] | None, where: str):
+  """The one way a config section becomes its dataclass: `data` (a mapping or ConfigDict, possibly partial)
+  -> `cls`, nested sections built recursively. Unknown keys (with the nearest known ones, or the key that
+  replaced a renamed one) and mistyped values are ConfigErrors naming the dotted key; the dataclasses'
+  own checks (`__post_init__`) run last and are prefixed with `where` when they do not name it."""
+  if data is None:
     return cls()
-  data = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(data) - known)
-  if unknown:
-    raise ConfigError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(known)}")
-  return cls(**data)
+  if hasattr(data, "to_dict"):
+    data = data.to_dict()
+  if not isinstance(data, Mapping):
+    raise ConfigError(f"{where}: expected a section of {cls.__name__} fields, found {data!r}")
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for key, value in data.items():
+    if key not in fields:
+      new = RENAMED.get((cls.__name__, key))
+      if new is not None:
+        raise ConfigError(f"{where}.{key} was renamed: set {where}.{new} instead")
+      near = difflib.get_close_matches(key, list(fields), n=1)
+      hint = f"; did you mean {where}.{near[0]}?" if near else f"; expected one of {sorted(fields)}"
+      raise ConfigError(f"{where}.{key}: unknown key{hint}")
+    kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
+  try:
+    return cls(**kwargs)
+  except ConfigError as e:
+    raise ConfigError(_located(str(e), where, fields)) from None
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}: {e}") from e
+
+
+def _located(message: str, where: str, fields) -> str:
+  """A dataclass's own check names its field by a short section name ("sampling.top_p must be ..."); say where
+  in the config it is ("config.augment.sampling.top_p must be ...")."""
+  if message.startswith(where):
+    return message
+  head, dot, rest = message.partition(".")
+  if dot and head.isidentifier() and rest.split(" ", 1)[0].split(".")[0].strip(":") in fields:
+    return f"{where}.{rest}"
+  return f"{where}: {message}"
+
+
+def check_key(cls, dotted: str, where: str = "config") -> None:
+  """Raises the ConfigError `build` would give for a dotted key (e.g. an absl `--config.a.b=` override) that
+  names no field of `cls`'s section tree: the renamed key's replacement, or the nearest known key."""
+  node, path = cls, where
+  for part in dotted.split("."):
+    if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+      raise ConfigError(f"{path} is a value, not a section: {where}.{dotted} names no key")
+    fields = {f.name for f in dataclasses.fields(node) if f.init}
+    if part not in fields:
+      new = RENAMED.get((node.__name__, part))
+      if new is not None:
+        raise ConfigError(f"{path}.{part} was renamed: set {path}.{new} instead")
+      near = difflib.get_close_matches(part, sorted(fields), n=1)
+      hint = f"; did you mean {path}.{near[0]}?" if near else f"; expected one of {sorted(fields)}"
+      raise ConfigError(f"{path}.{part}: unknown key{hint}")
+    hint = typing.get_type_hints(node)[part]
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    node = inner[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1 else hint
+    path = f"{path}.{part}"
+
+
+def to_plain(x: Any) -> Any:
+  """A config dataclass as plain nested dicts and lists (tuples become lists): what manifests hash."""
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return {f.name: to_plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+  if isinstance(x, (list, tuple)):
+    return [to_plain(v) for v in x]
+  return x
+
+
+def to_config_dict(x: Any):
+  """A config dataclass as an ml_collections ConfigDict holding every field (tuples stay tuples), so a config
+  file can start from the typed defaults and absl `--config.a.b=value` reaches every key."""
+  from ml_collections import config_dict
+
+  def node(v):
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+      return {f.name: node(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    return v
+  return config_dict.ConfigDict(node(x))
 
 
 def _pow2_ceil(n: int) -> int:
@@ -318,9 +472,7 @@ class TrainConfig:
   dtype: str = "auto"  # compute dtype override for the model ('auto': bf16 on accelerators, fp32 on CPU)
   remat: str = ""  # '' keeps the model's; none | full | dots
   loss_chunk: int = 0  # 0 keeps the model's; N > 0: head + loss N positions at a time (ModelConfig.loss_chunk)
-  mesh_data: int = 1
-  mesh_fsdp: int = -1
-  mesh_tensor: int = 1
+  mesh: MeshConfig = MeshConfig()  # the training mesh (data, fsdp, tensor); FSDP over all devices by default
   checkpoint_every: int = 100  # steps; a checkpoint is also written at the end and on SIGTERM
   keep_checkpoints: int = 2
   async_checkpointing: bool = True
@@ -332,6 +484,8 @@ class TrainConfig:
   tag_mode: str = "source"  # forward prompts' tag (hb_jax.data.prompts.tag_for); 'none' for no tag
 
   def __post_init__(self):
+    if isinstance(self.mesh, Mapping):
+      object.__setattr__(self, "mesh", build(MeshConfig, self.mesh, "train.mesh"))
     for key in ("warmup_steps", "batch_size", "num_steps", "rows_per_micro_batch", "val_examples",
                 "eval_every", "checkpoint_every", "seed"):
       if getattr(self, key) < 0:
@@ -355,11 +509,6 @@ class TrainConfig:
       raise ConfigError(f"train.remat must be ''|none|full|dots, found {self.remat!r}")
     if self.dtype not in DTYPES + ("auto",):
       raise ConfigError(f"train.dtype must be one of {DTYPES + ('auto',)}, found {self.dtype!r}")
-    MeshConfig(self.mesh_data, self.mesh_fsdp, self.mesh_tensor)
-
-  @property
-  def mesh(self) -> MeshConfig:
-    return MeshConfig(self.mesh_data, self.mesh_fsdp, self.mesh_tensor)
 
   def examples_per_step(self, num_examples: int) -> int:
     if self.batch_size:
@@ -385,5 +534,4 @@ class TrainConfig:
 # change them (the mesh too: checkpoints restore onto another mesh), and the pipeline's layout fields
 # (hb_jax.pipeline.runner.LAYOUT_FIELDS) include them.
 RUN_NEUTRAL_FIELDS = ("progress_bar", "log_every", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                      "async_checkpointing", "eval_every", "peak_flops_per_device", "mesh_data", "mesh_fsdp",
-                      "mesh_tensor")
+                      "async_checkpointing", "eval_every", "peak_flops_per_device", "mesh")

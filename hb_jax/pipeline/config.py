@@ -1,15 +1,20 @@
-"""PipelineConfig: the typed form of a `configs/*.py` ConfigDict, validated once at launch.
+"""PipelineConfig: the typed sections of a run, and the one way a config file becomes one.
 
-Every section is a frozen dataclass; `from_config_dict` rejects unknown keys naming the section, so a typo in
-`--config.curate.metod=...` fails before any work starts. `section(cfg, "a.b")` returns the plain dict of a
-dotted subset, which is what each stage hashes into the manifest.
+Every section is a frozen dataclass, the single source of truth for keys and defaults. A config file
+(`configs/*.py`) starts from `defaults()` (a ConfigDict of every field, so absl's `--config.a.b=value` reaches
+every key), sets what it changes, and returns it; `from_config_dict` builds and validates it through
+`hb_jax.config.build` (unknown keys and mistyped values name the dotted key). `load` does the same from a
+`configs/X.py[:variant]` spec and `a.b=value` overrides, with absl's own parser, for tools and tests.
+`section(cfg, "a.b")` returns the plain dict of a dotted subset, which is what each stage hashes into the
+manifest; `upgrade_recorded` reads a manifest entry written under an earlier key layout in today's layout.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from hb_jax.config import ConfigError, MeshConfig, TrainConfig
+from hb_jax.config import (ConfigError, MeshConfig, SamplingConfig, TrainConfig, build, check_key, to_config_dict,
+                           to_plain)
 from hb_jax.data.synthetic import FAMILIES
 from hb_jax.eval.scaling import LOG_BASES, PAPER_SIZES
 
@@ -59,12 +64,9 @@ class BaseModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-  temperature: float = 0.7  # the paper's nucleus sampling
-  top_p: float = 0.9
-  max_new_tokens: int = 128
+  sampling: SamplingConfig = SamplingConfig(max_new_tokens=128)  # the paper's nucleus sampling
   batch: int = 32
   chunk_records: int = 256  # work is committed in chunks of this many input records (resume granularity)
-  seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +77,11 @@ class CurateConfig:
   k: float = 5.0
   iterations: int = 2
   compare: tuple[str, ...] = ("generate", "digits", "likelihood")
-  generate_sample: int = 0  # 0: all candidates
-  temperature: float = 0.7
-  top_p: float = 0.9
-  max_new_tokens: int = 256
+  generate_sample: int = 0  # 0: all candidates (drawn with sampling.seed)
+  sampling: SamplingConfig = SamplingConfig(max_new_tokens=256)  # the `generate` rater's reasoning
   batch: int = 16
   chunk_records: int = 256
   header: str = "paper"  # paper: Table 1 verbatim; compact: the demo's short rubric
-  seed: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "compare", tuple(self.compare))
@@ -110,7 +109,8 @@ class AblationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-  max_new_tokens: int = 128
+  # Held-out answers: greedy by default, so a model's answers are one fixed set per tag setting.
+  sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=128)
   batch: int = 32
   tag_mode: str = "both"  # the paper's best inference setting; 'none' when trained without tags
   max_items: int = 0  # 0: all held-out items
@@ -182,77 +182,116 @@ class PipelineConfig:
       raise ConfigError(f"train.direction must be 'forward', found {self.train.direction!r}")
 
 
-_SECTIONS: dict[str, Any] = {
-  "inputs": InputsConfig, "backward": TrainConfig, "train": TrainConfig, "augment": AugmentConfig,
-  "curate": CurateConfig, "ablation": AblationConfig, "evaluate": EvaluateConfig, "scaling": ScalingConfig,
-  "mesh": MeshConfig,
-}
-
-
-def _build(cls, data: Mapping[str, Any] | None, where: str):
-  data = dict(data or {})
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(data) - known)
-  if unknown:
-    raise ConfigError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(known)}")
-  try:
-    return cls(**data)
-  except TypeError as e:
-    raise ConfigError(f"{where}: {e}") from e
-
-
 def from_config_dict(cd) -> PipelineConfig:
-  """ConfigDict (or mapping) -> PipelineConfig; unknown keys are errors naming their section."""
-  data = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
-  known = {f.name for f in dataclasses.fields(PipelineConfig)}
-  unknown = sorted(set(data) - known)
-  if unknown:
-    raise ConfigError(f"config: unknown top-level keys {unknown}; expected a subset of {sorted(known)}")
-  kwargs: dict[str, Any] = {"name": data.get("name") or "run", "progress": data.get("progress", True)}
-  for key, cls in _SECTIONS.items():
-    if key in data:
-      kwargs[key] = _build(cls, data[key], f"config.{key}")
-  if "base" in data:
-    base = dict(data["base"])
-    train = _build(TrainConfig, base.pop("train", {}), "config.base.train")
-    kwargs["base"] = _build(BaseModelConfig, {**base, "train": train}, "config.base")
-  if "backward" in data:
-    kwargs["backward"] = _build(TrainConfig, {"direction": "backward", **dict(data["backward"])},
-                                "config.backward")
-  return PipelineConfig(**kwargs)
+  """ConfigDict (or mapping) -> PipelineConfig; unknown keys and mistyped values are errors naming the key."""
+  data = dict(cd.to_dict() if hasattr(cd, "to_dict") else cd)
+  data["name"] = data.get("name") or "run"
+  if isinstance(data.get("backward"), Mapping):  # the backward model's direction is implied by its section
+    data["backward"] = {"direction": "backward", **data["backward"]}
+  return build(PipelineConfig, data, "config")
+
+
+def defaults(name: str = "run"):
+  """Every key of PipelineConfig with its default, as a ConfigDict: where config files start."""
+  return to_config_dict(PipelineConfig(name=name))
 
 
 def with_defaults(cd):
-  """Fill every section of a config file's ConfigDict with the typed dataclasses' defaults, in place.
-
-  absl's `--config.section.key=value` can only set keys the (locked) ConfigDict holds, so a config file that
-  names a few keys per section would make the rest unreachable from the command line. Config files return
-  `with_defaults(c)`; the keys they name win, and the values are those the dataclasses would take anyway,
-  so the built PipelineConfig and every stage's config hash are unchanged.
-  """
-  defaults = to_dict(PipelineConfig(name=cd.get("name") or "run"))  # its backward default says "backward"
-
-  def fill(node, default: Mapping[str, Any]):
-    for key, value in default.items():
-      if isinstance(value, dict):
-        if key not in node:
-          node[key] = {}
-        fill(node[key], value)
-      elif key not in node:
-        node[key] = tuple(value) if isinstance(value, list) else value  # to_dict wrote tuples as lists
-  fill(cd, defaults)
-  return cd
+  """Config files written before `defaults()` existed filled their sections with this; the dataclasses now
+  give a config file its keys directly."""
+  raise ConfigError("this config file calls hb_jax.pipeline.config.with_defaults, which is gone: start from "
+                    "`c = defaults(name)` and set keys on it (see configs/tiny.py)")
 
 
-def to_dict(cfg: PipelineConfig) -> dict[str, Any]:
-  """Plain nested dict (tuples as lists) for hashing and the manifest."""
-  def plain(x):
-    if dataclasses.is_dataclass(x):
-      return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, (list, tuple)):
-      return [plain(v) for v in x]
-    return x
-  return plain(cfg)
+def load(spec: str, overrides: Sequence[str] = ()) -> PipelineConfig:
+  """`configs/X.py[:variant]` plus `a.b=value` overrides -> PipelineConfig, exactly as `python launch/run.py
+  --config=SPEC --config.a.b=value` builds it: absl's config-file flag parses both, in a private flag
+  registry. The name defaults to the file's."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  for o in overrides:
+    check_key(PipelineConfig, o.partition("=")[0])
+  argv = ["load", f"--config={spec}", *[f"--config.{o}" for o in overrides]]
+  fv = flags.FlagValues()
+  # sys_argv: absl defines one flag per override it finds there (sys.argv by default).
+  holder = config_flags.DEFINE_config_file("config", None, "pipeline config file", flag_values=fv,
+                                           lock_config=True, sys_argv=argv)
+  try:
+    fv(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    # absl wraps a config file's own errors (and a missing file) this way; ours read better unwrapped.
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, ConfigError):
+      raise cause from None
+    raise ConfigError(f"--config={spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+  return from_file_value(holder.value, spec)
+
+
+def from_file_value(cd, spec: str) -> PipelineConfig:
+  """What a config file returned (after absl's overrides) -> PipelineConfig named after the file by default."""
+  import os
+  path = spec.partition(":")[0]
+  return from_config_dict({**cd.to_dict(), "name": cd.get("name") or os.path.splitext(os.path.basename(path))[0]})
+
+
+to_dict = to_plain  # plain nested dict (tuples as lists) for hashing and the manifest
+
+
+# Keys of finished stages' recorded configs that an earlier layout kept elsewhere, per kind of section: old
+# key -> today's dotted key inside the same section. `upgrade_recorded` moves them and adds the fields that did
+# not exist then, with the values that reproduce the old behaviour, so a workdir finished before the change
+# resumes with no stage redone.
+_MOVED_SAMPLING = {"temperature": "sampling.temperature", "top_p": "sampling.top_p",
+                   "max_new_tokens": "sampling.max_new_tokens", "seed": "sampling.seed"}
+_MOVED = {
+    "augment": _MOVED_SAMPLING,
+    "curate": _MOVED_SAMPLING,
+    "evaluate": {"max_new_tokens": "sampling.max_new_tokens"},
+    "train": {"mesh_data": "mesh.data", "mesh_fsdp": "mesh.fsdp", "mesh_tensor": "mesh.tensor"},
+}
+_ADDED = {
+    "augment": {"sampling.top_k": 0},
+    "curate": {"sampling.top_k": 0},
+    "evaluate": {"sampling.temperature": 0.0, "sampling.top_p": 1.0, "sampling.top_k": 0, "sampling.seed": 0},
+    "train": {},
+}
+
+
+def _put(node: dict, dotted: str, value: Any, *, replace: bool) -> None:
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    node = node.setdefault(p, {})
+  if replace or leaf not in node:
+    node[leaf] = value
+
+
+def upgrade_section(node: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+  moves = _MOVED[kind]
+  if not any(k in node for k in moves):
+    return node
+  out = {k: v for k, v in node.items() if k not in moves}
+  for old, new in moves.items():
+    if old in node:
+      _put(out, new, node[old], replace=True)
+  for dotted, value in _ADDED[kind].items():
+    _put(out, dotted, value, replace=False)
+  return out
+
+
+def upgrade_recorded(config: Mapping[str, Any]) -> dict:
+  """A stage's recorded config subset ({dotted section: value}) in today's key layout."""
+  out = dict(config)
+  for key, value in config.items():
+    if not isinstance(value, Mapping):
+      continue
+    if key in ("augment", "curate", "evaluate"):
+      out[key] = upgrade_section(value, key)
+    elif key in ("train", "backward"):
+      out[key] = upgrade_section(value, "train")
+    elif key == "base" and isinstance(value.get("train"), Mapping):
+      out[key] = {**value, "train": upgrade_section(value["train"], "train")}
+  return out
 
 
 def section(cfg: PipelineConfig, dotted: str) -> Any:

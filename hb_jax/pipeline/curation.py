@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hb_jax.config import SampleConfig
+from hb_jax.config import SampleConfig, SamplingConfig
 from hb_jax.data import prompts
 from hb_jax.sample import plan
 
@@ -66,8 +66,7 @@ def score_encoded(method: str, lm, candidates: Sequence[dict], encoded: Sequence
   if not candidates:
     return []
   if method == "generate":
-    return _score_generate(lm, candidates, encoded, temperature=curate.temperature, top_p=curate.top_p,
-                           max_new_tokens=curate.max_new_tokens, batch=curate.batch, seed=curate.seed)
+    return _score_generate(lm, candidates, encoded, sampling=curate.sampling, batch=curate.batch)
   if method == "digits":
     return _score_digits(lm, encoded, batch=curate.batch)
   if method == "likelihood":
@@ -81,13 +80,16 @@ def score(method: str, lm, candidates: Sequence[dict], *, style, tag_mode: str, 
   return score_encoded(method, lm, candidates, [encode(c) for c in candidates], curate=curate)
 
 
-def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *, temperature: float,
-                    top_p: float, max_new_tokens: int, batch: int, seed: int) -> list[dict]:
-  seeds = [plan.seed_from_id(c["id"], seed) for c in candidates]
+def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *, sampling: SamplingConfig,
+                    batch: int) -> list[dict]:
+  sp = sampling
+  seeds = [plan.seed_from_id(c["id"], sp.seed) for c in candidates]
   # The rubric every prompt starts with is prefilled once and attended by every row (SampleConfig's
   # prefix_min_tokens): rows only compute the candidate and the rating they write.
-  cfg = SampleConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, max_batch=batch)
-  outs = lm.generate(list(ids), max_new_tokens, temperature=temperature, top_p=top_p, seed=seeds, config=cfg)
+  cfg = SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
+                     max_batch=batch)
+  outs = lm.generate(list(ids), sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+                     seed=seeds, config=cfg)
   res = []
   for o in outs:
     text = lm.tokenizer.decode(o)

@@ -34,13 +34,6 @@ _NPROC = flags.DEFINE_integer("num_processes", 0, "multi-process: number of proc
 _PID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
 
 
-def config_name(cd) -> str:
-  if cd.get("name"):
-    return str(cd.name)
-  path = config_flags.get_config_filename(flags.FLAGS["config"])
-  return os.path.splitext(os.path.basename(path))[0]
-
-
 def main(argv) -> int:
   del argv
   from absl import logging as absl_logging
@@ -49,7 +42,7 @@ def main(argv) -> int:
   from hb_jax.parallel import DistributedConfig, initialize_distributed
   from hb_jax.data import chunked
   from hb_jax.pipeline import runner, stages
-  from hb_jax.pipeline.config import from_config_dict
+  from hb_jax.pipeline.config import from_file_value
   from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
 
   import jax
@@ -58,7 +51,7 @@ def main(argv) -> int:
   share = chunked.Share(jax.process_index(), jax.process_count())
   cd = _CONFIG.value
   try:
-    cfg = from_config_dict({**cd.to_dict(), "name": config_name(cd)})
+    cfg = from_file_value(cd, config_flags.get_config_filename(flags.FLAGS["config"]))
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -68,6 +68,15 @@ def restrict(old: Any, new: Any) -> Any:
   return old
 
 
+def as_today(recorded: Any, config: Any) -> Any:
+  """A stage's recorded config in today's key layout (hb_jax.pipeline.config.upgrade_recorded), seen through
+  the keys it depends on now (`restrict`)."""
+  from hb_jax.pipeline.config import upgrade_recorded
+  if isinstance(recorded, Mapping):
+    recorded = upgrade_recorded(recorded)
+  return restrict(recorded, config)
+
+
 class Manifest:
   def __init__(self, workdir: epath.PathLike, writer: bool = True):
     self.workdir = epath.Path(workdir)
@@ -108,7 +117,7 @@ class Manifest:
     e = self.entry(name)
     if not e:
       return "new"
-    recorded = restrict(e.get("config", {}), config)
+    recorded = as_today(e.get("config", {}), config)
     same_cfg = e.get("config_hash") == stable_hash(config) or recorded == config
     same_inputs = e.get("inputs", {}) == dict(inputs)
     if e.get("state") == "done":

@@ -23,7 +23,7 @@ from etils import epath
 from hb_jax.config import RUN_NEUTRAL_FIELDS
 from hb_jax.pipeline import stages as S
 from hb_jax.pipeline.config import PipelineConfig, section
-from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys, restrict
+from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, as_today, diff_keys
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ def _check_upstream(manifest: Manifest, cfg: PipelineConfig, only: str, stages: 
       continue
     entry = manifest.entry(st.name)
     config = _config_subset(cfg, st.keys, st.ignore)
-    changed = [k for k in diff_keys(restrict(entry.get("config", {}), config), config)
-               if k.rsplit(".", 1)[-1] not in LAYOUT_FIELDS]
+    changed = [k for k in diff_keys(as_today(entry.get("config", {}), config), config)
+               if not LAYOUT_FIELDS.intersection(k.split("."))]
     changed_inputs = diff_keys(entry.get("inputs", {}), _inputs(manifest, st))
     if changed or changed_inputs:
       what = ([f"config keys changed: {', '.join(changed)}"] if changed else []) + (

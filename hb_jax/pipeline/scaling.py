@@ -214,6 +214,10 @@ def run_sizes(ctx, pool: Sequence[dict], steps: Mapping[int, int], evaluator: Ev
     spec = json.loads(json.dumps(spec))  # as it reads back from spec.json (tuples -> lists), for comparison
     if ctx.is_writer:
       old = _read_committed_json(d / "spec.json")
+      if old is not None and isinstance(old.get("train", {}).get("train"), dict):
+        # A spec written under an earlier key layout (train.mesh_*), read in today's.
+        from hb_jax.pipeline.config import upgrade_section
+        old["train"]["train"] = upgrade_section(old["train"]["train"], "train")
       if old is None or old.get("train") != spec["train"]:
         # No spec: nothing here can be trusted (e.g. scaling/ was deleted but models/scaling/ was not).
         if old is not None:

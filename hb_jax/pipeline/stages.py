@@ -290,7 +290,8 @@ def augment(ctx: Context) -> dict[str, str]:
   tok, style = lm.tokenizer, ctx.style
   from hb_jax.config import SampleConfig
   from hb_jax.sample import plan
-  scfg = SampleConfig(temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
+  sp = a.sampling
+  scfg = SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
                       max_batch=a.batch)
   generated_by = _rel_model(ctx, "backward")
 
@@ -298,8 +299,8 @@ def augment(ctx: Context) -> dict[str, str]:
     return tok.encode(prompts.backward_prompt(segment["text"], style), bos=True)
 
   def fn(chunk: list[dict], ids: list[list[int]]) -> list[dict]:
-    outs = lm.generate(ids, a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                       seed=[plan.seed_from_id(s["id"], a.seed) for s in chunk], config=scfg)
+    outs = lm.generate(ids, sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+                       seed=[plan.seed_from_id(s["id"], sp.seed) for s in chunk], config=scfg)
     res = []
     for s, o in zip(chunk, outs):
       instruction = tok.decode(o).strip()
@@ -339,7 +340,7 @@ def curate(ctx: Context, t: int) -> dict[str, str]:
   d = f"curate/iter{t}"
   outs = {}
   methods = [c.method] + [m for m in c.compare if m != c.method]
-  sample = curation.sample_ids(cands, c.generate_sample, c.seed)
+  sample = curation.sample_ids(cands, c.generate_sample, c.sampling.seed)
   for method in methods:
     subset = cands if method == c.method or method != "generate" else [x for x in cands if x["id"] in sample]
 
@@ -425,16 +426,20 @@ def heldout_answers(ctx: Context, lm, held: list[dict], tag_mode: str, parts: ep
   """Greedy answers of `lm` to `held` (the forward prompt with `tag_mode`'s tag, the evaluate settings),
   sharded over processes and committed in chunks `parts/<name>-*`; process 0 merges them into `out`."""
   from hb_jax.config import SampleConfig
+  from hb_jax.sample import plan
   e = ctx.cfg.evaluate
   tok = lm.tokenizer
-  scfg = SampleConfig(temperature=0.0, max_new_tokens=e.max_new_tokens, max_batch=e.batch)
+  sp = e.sampling
+  scfg = SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
+                      max_batch=e.batch)
   tag = prompts.tag_for(None, tag_mode, ctx.style)
 
   def encode(h: dict) -> list[int]:
     return tok.encode(prompts.forward_prompt(h["instruction"], tag, ctx.style), bos=True)
 
   def fn(chunk: list[dict], ids: list[list[int]]) -> list[dict]:
-    gens = lm.generate(ids, e.max_new_tokens, temperature=0.0, config=scfg)
+    gens = lm.generate(ids, sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+                       seed=[plan.seed_from_id(h["id"], sp.seed) for h in chunk], config=scfg)
     return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": model}
             for h, g in zip(chunk, gens)]
 

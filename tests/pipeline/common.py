@@ -17,7 +17,7 @@ def load_config_dict(name: str = "tiny"):
 
 
 def tiny_config(**overrides):
-  """configs/tiny.py with dotted overrides, e.g. tiny_config(**{"augment.temperature": 0.5})."""
+  """configs/tiny.py with dotted overrides, e.g. tiny_config(**{"augment.sampling.temperature": 0.5})."""
   cd = load_config_dict("tiny").to_dict()
   for dotted, value in overrides.items():
     node = cd

@@ -38,8 +38,8 @@ def test_finished_stages_are_skipped(augmented):
 
 def test_changed_config_is_refused_naming_stage_and_keys(augmented, tmp_path):
   cfg, wd = augmented
-  changed = tiny_config(**{"augment.temperature": 0.5})
-  with pytest.raises(StageConfigChanged, match=r"stage 'augment'.*augment\.temperature.*--restart_from=augment"):
+  changed = tiny_config(**{"augment.sampling.temperature": 0.5})
+  with pytest.raises(StageConfigChanged, match=r"stage 'augment'.*augment\.sampling\.temperature.*--restart_from=augment"):
     runner.run(changed, wd, only="augment")
   # An upstream change is refused at the first stage it touches.
   with pytest.raises(StageConfigChanged, match=r"stage 'backward'.*backward\.num_steps"):
@@ -49,7 +49,7 @@ def test_changed_config_is_refused_naming_stage_and_keys(augmented, tmp_path):
                                                r".*--restart_from=backward"):
     runner.run(tiny_config(**{"backward.num_steps": 5}), wd, only="augment")
   # ... while another layout (how it ran, not what it computed) is accepted: stages on different hardware.
-  layout = tiny_config(**{"backward.mesh_tensor": 2, "backward.micro_batches": 2, "backward.log_every": 3})
+  layout = tiny_config(**{"backward.mesh.tensor": 2, "backward.micro_batches": 2, "backward.log_every": 3})
   assert runner.run(layout, wd, only="augment").skipped == ["augment"]
   # Tags mark forward data: the backward model (trained alone) does not depend on them. Manifests written
   # before this version recorded ablation.tags for it: the check sees that entry through today's keys.
@@ -87,14 +87,14 @@ def test_restart_and_resume_reproduce_candidates(augmented, tmp_path):
   assert runner.run(cfg, copy, only="augment").ran == ["augment"]
   assert (copy / "augment/candidates.jsonl").read_bytes() == reference
   # --restart_from redoes the stage from scratch under the new config, then the old config is refused.
-  changed = tiny_config(**{"augment.seed": 7})
+  changed = tiny_config(**{"augment.sampling.seed": 7})
   res = runner.run(changed, copy, only="augment", restart_from="augment")
   assert res.ran == ["augment"]
   redone = (copy / "augment/candidates.jsonl").read_bytes()
   assert redone != reference  # another sampling seed
   for r in records.read_pairs(copy / "augment/candidates.jsonl"):
     assert r["generated_by"] == "models/backward" and r["source"] == "augmented" and r["segment_id"]
-  with pytest.raises(StageConfigChanged, match="augment.seed"):
+  with pytest.raises(StageConfigChanged, match="augment.sampling.seed"):
     runner.run(cfg, copy, only="augment")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hb_jax import api, checkpoint
-from hb_jax.config import TrainConfig
+from hb_jax.config import MeshConfig, TrainConfig
 from hb_jax.data import prompts
 from hb_jax.train import finetune as ft
 
@@ -44,7 +44,7 @@ def test_finetune_end_to_end(tmp_path):
   train_jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
   cfg = TrainConfig(num_steps=6, batch_size=4, seq_len=24, learning_rate=1e-3, end_learning_rate=9e-4,
                     val_examples=3, checkpoint_every=3, log_every=2, tensorboard=True, progress_bar=False,
-                    peak_flops_per_device=1e9, mesh_fsdp=4, mesh_tensor=2)
+                    peak_flops_per_device=1e9, mesh=MeshConfig(fsdp=4, tensor=2))
   res = ft.finetune(cfg, base, train_jsonl, tmp_path / "m0", tmp_path / "work")
   assert res.completed and res.step == 6 and res.batch_size == 4
   assert res.data_stats == {"total": 13, "kept": 13, "truncated": 1, "dropped_too_long": 0,
