@@ -1,6 +1,7 @@
-"""The cost model (hb_jax/estimate.py) and the launch configs it reads (configs/llama*.py): FLOPs agree with
-the trainer's formula, the decode roofline with a hand computation, every config variant validates as
-launch/run.py would, its meshes divide the model as the sharding rules require, and it fits in memory."""
+"""The cost model (hb_jax/estimate/) and the launch configs it reads (configs/llama*.py): FLOPs agree with
+the trainer's formula, the decode roofline and each program's cost with a hand computation, the chip table
+names the accelerators JAX reports (training's MFU reads it), every config variant validates as launch/run.py
+would, its meshes divide the model as the sharding rules require, and it fits in memory."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +9,7 @@ import json
 import math
 import os
 
+import jax
 import pytest
 
 from hb_jax import estimate as est
@@ -58,6 +60,7 @@ def _tiny() -> ModelConfig:
 def test_decode_roofline_by_hand():
   m = _tiny()
   # per layer 64*4*16*2 + 64*2*16*2 + 3*64*128 + 2*64 = 36,992; x2 layers + final norm 64 + head 6,400
+  assert m.params_per_layer == 36_992
   assert m.num_params_no_embedding == 80_448
   a = est.Assumptions(bucket_factor=1.0, slot_utilisation=1.0, decode_efficiency=1.0, mfu=1.0)
   slow_memory = est.Hardware("x", "x", peak_flops=1e12, hbm_bandwidth=1e9, memory=1e12, chips_per_host=1,
@@ -85,6 +88,49 @@ def test_decode_roofline_by_hand():
   s = est._Estimator(cfg, m, slow_compute, 1, a).generate("g", 8, 10, 10, 5, 6, 4)
   assert s.bound == "compute"
   assert s.decode_roofline_chip_hours * 3600 == pytest.approx(steps * step_flops / 1e6, rel=1e-12)
+
+
+def test_program_costs_by_hand():
+  """The per-program figures a compiler's cost analysis is compared with, on the model of the test above."""
+  m = _tiny()
+  step = est.decode_step(m, rows=4, slots=16, weight_bytes=2.0, kv_bytes=2.0)
+  assert step == est.ProgramCost(flops=676_352, bytes=177_280)
+  assert step.per_device(2) == est.ProgramCost(flops=338_176, bytes=88_640)
+  # A shared prefix of 128 slots: read once per step, attended by all 4 rows.
+  assert est.decode_step(m, rows=4, slots=16, prefix_slots=128) == est.ProgramCost(
+      676_352 + 4 * 4 * 2 * 4 * 16 * 128, 177_280 + 128 * 256)
+  # Prefill: 3 prompts of 10 tokens into 16 slots each; the weights are read once per call.
+  assert est.prefill(m, rows=3, prompt_len=10, slots=16) == est.ProgramCost(
+      3 * (2 * 80_448 * 10 + 4 * 2 * 4 * 16 * 10 * 16), 80_448 * 2)
+  assert est.forward(m, rows=3, length=10, keys=10, weight_bytes=4.0) == est.ProgramCost(
+      3 * (2 * 80_448 * 10 + 4 * 2 * 4 * 16 * 10 * 10), 80_448 * 4)
+  # Training: the trainer's FLOPs; AdamW's 28 bytes per parameter + 3 passes x bf16 weights per chip and micro-batch.
+  train = est.train_step(m, tokens=64, attention_pairs=64 * 65 / 2, micro_batches=2, chips=4, tensor=2)
+  assert train.flops == metrics.train_flops(m, 64, 64 * 65 / 2)
+  assert train.bytes == 28 * m.num_params + 2 * 3 * 2 * m.num_params * 4 / 2
+
+
+@pytest.mark.parametrize("kind,chip", [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"), ("NVIDIA A100-SXM4-80GB", "a100"),
+    ("NVIDIA L4", "l4"), ("TPU v4", "tpu-v4"), ("TPU v5 lite", "tpu-v5e"), ("TPU v5e", "tpu-v5e"),
+    ("TPU v5p", "tpu-v5p"), ("TPU v6 lite", "tpu-v6e"), ("NVIDIA L40S", None), ("cpu", None)])
+def test_device_kinds_find_their_chip(kind, chip):
+  """Training's MFU takes its peak from the cost model's table, by JAX's device_kind (L4 is not L40S)."""
+  found = est.for_device_kind(kind)
+  assert (found.name if found else None) == chip
+
+
+def test_every_device_kind_names_one_chip():
+  for chip in est.HARDWARE.values():
+    assert chip.device_kinds, chip.name
+    for kind in chip.device_kinds:
+      assert est.for_device_kind(kind) is chip
+
+
+def test_mfu_peak_reads_the_table():
+  assert metrics.peak_flops_per_device(123.0) == 123.0
+  chip = est.for_device_kind(jax.devices()[0].device_kind)
+  assert metrics.peak_flops_per_device() == (chip.peak_flops if chip else 0.0)
 
 
 @pytest.mark.parametrize("name,hw", VARIANTS, ids=lambda v: str(v))

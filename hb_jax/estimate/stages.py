@@ -1,263 +1,37 @@
-"""Cost model of a Humpback run at the paper's sizes: FLOPs, bytes moved and hours per stage.
+"""Hours per stage of a Humpback run at the paper's sizes: `estimate(pcfg, model, hardware, chips)` walks the
+stages of `hb_jax.pipeline.runner.plan` (same names) and turns each into FLOPs, bytes moved, chip- and
+wall-hours, and memory per device.
 
-    python tools/estimate.py --config=configs/llama65b.py --hardware tpu-v5p [--chips 32] [--json]
-
-What is counted, per stage of `hb_jax.pipeline.runner.plan` (same names):
   training   model FLOPs from hb_jax.train.metrics.train_flops (6 x parameters without the input embedding
              per token + causal attention per attended pair), for the paper's steps x 32 examples x the
              assumed mean example length; time = FLOPs / (chips x peak x MFU), where the rows the loader pads
              in (the paper's batch spread over more batch shards than it fills) are charged too.
-  generation the decode roofline of *this* sampler: each step of a replica reads its weights and the whole
-             allocated KV cache (the attention reads every slot, masked), and computes 2 x parameters +
-             attention over every slot per row; step time = max(bytes / HBM bandwidth, FLOPs / peak),
-             divided by the decode efficiency. Prompts are prefilled as compute (padded to their length
-             bucket, attending to every slot), at the MFU. The curation rubric every rating prompt starts
-             with is a shared prefix (hb_jax.sample.prefix): prefilled once, read once per decode step,
-             attended by every row.
-  scoring    `digits` and `likelihood` curation: one forward pass per candidate, as compute (`digits`
-             after the shared rubric prefix too).
-Bytes moved: HBM traffic of weights, KV cache and optimizer state (activations are not counted).
+  generation the decode roofline of *this* sampler (cost.decode_step): each step of a replica reads its
+             weights and the whole allocated KV cache, and computes 2 x parameters + attention over every
+             slot per row; step time = max(bytes / HBM bandwidth, FLOPs / peak), divided by the decode
+             efficiency. Prompts are prefilled as compute (cost.prefill: padded to their length bucket,
+             attending to every slot), at the MFU. The curation rubric every rating prompt starts with is a
+             shared prefix (hb_jax.sample.prefix): prefilled once, read once per decode step, attended by
+             every row.
+  scoring    `digits` and `likelihood` curation: one forward pass per candidate (cost.forward), as compute
+             (`digits` after the shared rubric prefix too).
 Every number the model does not know is an `Assumptions` field, printed with the estimate.
-
-Memory arithmetic for the launch configs (configs/llama*.py) lives here too: `train_memory` (fp32 master
-params, AdamW moments, gradients, bf16 compute copies, activations under remat, per device) and
-`serve_memory` (bf16 weights per tensor shard, the KV cache of one inference batch, the second copy the
-first refill holds, and that refill's prefill working set).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import math
-import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
 from hb_jax.config import ConfigError, ModelConfig, SampleConfig, TrainConfig
+from hb_jax.estimate import cost
+from hb_jax.estimate.assumptions import PAPER_A4, PAPER_A5, Assumptions, Lengths
+from hb_jax.estimate.hardware import GB, Hardware
+from hb_jax.estimate.memory import kv_bytes_per_token, serve_memory, train_memory
 from hb_jax.sample.prefix import PREFIX_ALIGN
 from hb_jax.train import metrics
 
-GB = 1e9
 
-
-# ------------------------------------------------------------------------------------------------ hardware
-@dataclasses.dataclass(frozen=True)
-class Hardware:
-  """One accelerator chip, from its vendor's data sheet (dense bf16, no sparsity)."""
-  name: str
-  description: str
-  peak_flops: float  # bf16 FLOP/s per chip
-  hbm_bandwidth: float  # bytes/s per chip
-  memory: float  # bytes of HBM per chip
-  chips_per_host: int  # devices one process drives (one process per host)
-  source: str
-
-
-HARDWARE: dict[str, Hardware] = {h.name: h for h in (
-    Hardware("h100", "NVIDIA H100 SXM5 80GB", 989e12, 3.35e12, 80e9, 8,
-             "NVIDIA H100 data sheet: 989 TFLOPS bf16 dense (1,979 with sparsity), 3.35 TB/s HBM3, 80 GB"),
-    Hardware("h200", "NVIDIA H200 SXM 141GB", 989e12, 4.8e12, 141e9, 8,
-             "NVIDIA H200 data sheet: 989 TFLOPS bf16 dense, 4.8 TB/s HBM3e, 141 GB"),
-    Hardware("a100", "NVIDIA A100 SXM 80GB", 312e12, 2.039e12, 80e9, 8,
-             "NVIDIA A100 data sheet: 312 TFLOPS bf16 dense, 2,039 GB/s HBM2e, 80 GB"),
-    Hardware("tpu-v4", "Google Cloud TPU v4", 275e12, 1.2e12, 32 * 2**30, 4,
-             "Cloud TPU v4 docs: 275 TFLOPS bf16 per chip, HBM2 32 GiB at 1,200 GB/s, 4 chips per host"),
-    Hardware("tpu-v5e", "Google Cloud TPU v5e", 197e12, 819e9, 16e9, 8,
-             "Cloud TPU v5e docs: 197 TFLOPS bf16 per chip, HBM2 16 GB at 819 GB/s, 8 chips per host"),
-    Hardware("tpu-v5p", "Google Cloud TPU v5p", 459e12, 2.765e12, 95e9, 4,
-             "Cloud TPU v5p docs: 459 TFLOPS bf16 per chip, HBM2e 95 GB at 2,765 GB/s, 4 chips per host"),
-)}
-
-
-def hardware(name: str) -> Hardware:
-  if name not in HARDWARE:
-    raise ConfigError(f"--hardware={name!r}: expected one of {sorted(HARDWARE)}")
-  return HARDWARE[name]
-
-
-# --------------------------------------------------------------------------------------------- assumptions
-@dataclasses.dataclass(frozen=True)
-class Assumptions:
-  """What the paper does not say (and efficiencies); each is printed, each can be overridden."""
-  # Data sizes: the paper's.
-  seed_examples: int = 3200
-  segments: int = 502_133
-  candidates_per_segment: float = 1.0  # one sampled instruction per segment (empty ones are dropped: rare)
-  curated_examples: int = 0  # 0: the paper's A5^(2) 41,821 for k >= 5, A4^(2) 195,043 for k >= 4 (per iteration)
-  eval_items: int = 805  # AlpacaEval instructions (the paper configs leave inputs.heldout_jsonl to you)
-  # Lengths, in tokens of the LLaMA sentencepiece vocabulary.
-  chars_per_token: float = 4.0  # English web text; prompt templates are converted with it
-  segment_tokens: float = 350.0  # mean segment: 600-3,000 characters kept, ~1,400 on average
-  segment_max_tokens: int = 750  # 3,000 characters: sizes the largest length bucket of a batch
-  seed_instruction_tokens: float = 50.0  # oasst1 first-turn prompts
-  seed_output_tokens: float = 280.0  # oasst1 rank-0 replies
-  generated_instruction_tokens: float = 40.0  # what M_yx writes per segment (EOS-terminated)
-  rating_tokens: float = 100.0  # brief reasoning + "Score: k" (curation max_new_tokens caps it)
-  eval_instruction_tokens: float = 40.0
-  eval_output_tokens: float = 300.0  # greedy answers (evaluate max_new_tokens caps it)
-  eval_instruction_max_tokens: int = 480  # sizes the largest length bucket of an evaluation batch
-  bucket_factor: float = 1.0 / math.log(2)  # power-of-two buckets: padded length ~1.44x the prompt on average
-  worst_step_factor: float = 1.25  # the loader sizes rows for the most tokens any step of the run draws
-  # Efficiencies.
-  mfu: float = 0.4  # training and prefill: model FLOPs / peak on the rows that run
-  decode_efficiency: float = 0.5  # achieved fraction of the decode roofline (kernels, sampling, host work)
-  slot_utilisation: float = 0.9  # busy decode rows (bench/run.py sample measured 90% on mixed lengths)
-  packing_efficiency: float = 0.9  # real tokens / row slots when packing examples into seq_len rows
-  weight_bytes: float = 2.0  # bf16 model folders (convert with --param_dtype bfloat16; fp32 doubles traffic)
-  kv_bytes: float = 2.0  # the cache is in the compute dtype (bf16 on accelerators)
-  memory_headroom: float = 0.9  # usable share of HBM (XLA workspace, fragmentation)
-
-  def __post_init__(self):
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
-      if v < 0:
-        raise ConfigError(f"assumption {f.name} must be >= 0, found {v}")
-    for key in ("mfu", "decode_efficiency", "slot_utilisation", "packing_efficiency", "memory_headroom"):
-      if not 0 < getattr(self, key) <= 1:
-        raise ConfigError(f"assumption {key} must be in (0, 1], found {getattr(self, key)}")
-
-  def with_overrides(self, pairs: Iterable[str]) -> "Assumptions":
-    """`name=value` strings (the CLI's --assume) -> a new Assumptions; unknown names are errors."""
-    fields = {f.name: f for f in dataclasses.fields(self)}
-    updates: dict[str, Any] = {}
-    for pair in pairs:
-      name, sep, value = pair.partition("=")
-      if not sep or name not in fields:
-        raise ConfigError(f"--assume {pair!r}: expected NAME=VALUE with NAME in {sorted(fields)}")
-      kind = type(getattr(self, name))
-      try:
-        updates[name] = kind(float(value)) if kind is int else kind(value)
-      except ValueError as e:
-        raise ConfigError(f"--assume {pair!r}: {e}") from e
-    return dataclasses.replace(self, **updates)
-
-
-PAPER_A5, PAPER_A4 = 41_821, 195_043
-
-
-# -------------------------------------------------------------------------------------------- model helpers
-def per_layer_params(cfg: ModelConfig) -> int:
-  d, f, h, k, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  return d * h * hd * 2 + d * k * hd * 2 + 3 * d * f + 2 * d
-
-
-def kv_bytes_per_token(cfg: ModelConfig, dtype_bytes: float = 2.0) -> float:
-  """K and V of one token, all layers."""
-  return 2.0 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
-
-
-def attention_flops_per_key(cfg: ModelConfig) -> float:
-  """Forward FLOPs of one (query, key) pair, all layers: QK^T and PV, 2 x head_dim each, per head."""
-  return 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim
-
-
-def kv_split(cfg: ModelConfig, tensor: int) -> int:
-  """How many ways the KV heads split over `tensor` (parallel.py replicates them when it doesn't divide)."""
-  return tensor if cfg.num_kv_heads % tensor == 0 else 1
-
-
-# ---------------------------------------------------------------------------------------------- memory
-def train_memory(cfg: ModelConfig, *, fsdp: int, tensor: int, rows_per_device: int, seq_len: int,
-                 micro_batches: int, remat: str = "full") -> dict[str, float]:
-  """Bytes per device of one training step under TRAIN_RULES (params sharded over fsdp x tensor).
-
-  fp32 master params, AdamW mu and nu (fp32), fp32 gradients (+ the fp32 accumulator with micro-batches);
-  bf16 compute copies: a layer's weights all-gathered over fsdp (this layer and the next in flight) and its
-  fp32 gradient before the reduce-scatter; activations: the layer inputs kept for the backward pass under
-  remat, one layer's recomputed working set (fp32 attention scores, probs and their gradient; MLP and
-  projections) and the fp32 logits with their gradient.
-  """
-  n, shards = cfg.num_params, fsdp * tensor
-  r, t, d, L = rows_per_device, seq_len, cfg.hidden_size, cfg.num_layers
-  heads, f, v = cfg.num_heads / tensor, cfg.intermediate_size / tensor, cfg.vocab_size / tensor
-  layer = per_layer_params(cfg) / tensor
-  head = cfg.vocab_size * d / tensor
-  out = {
-      "params_fp32": 4.0 * n / shards,
-      "adamw_fp32": 8.0 * n / shards,
-      "grads_fp32": 4.0 * n / shards * (2 if micro_batches > 1 else 1),
-      "compute_copies": (2 * 2.0 + 4.0) * layer + (2.0 + 4.0) * head,
-      "saved_activations": r * t * d * 2.0 * L,
-      "layer_working_set": r * (heads * t * t * (4 + 2 + 4) + t * f * 2.0 * 6 + t * d * 2.0 * 8),
-      "logits": r * t * v * (4 + 4 + 2),
-  }
-  if remat in ("dots", "none"):  # matmul outputs kept per layer as well
-    out["saved_activations"] += r * t * (4 * d / tensor + 3 * f) * 2.0 * L
-  if remat == "none":
-    out["saved_activations"] += r * heads * t * t * 2.0 * L
-  out["total"] = sum(out.values())
-  return out
-
-
-def serve_memory(cfg: ModelConfig, *, tensor: int, batch: int, slots: int, prompt_bucket: int,
-                 prefix_slots: int = 0, weight_bytes: float = 2.0, kv_bytes: float = 2.0) -> dict[str, float]:
-  """Bytes per device of one inference replica (SERVE_RULES: weights split over `tensor` only) decoding
-  `batch` rows of `slots` cache slots each (plus one batch-1 shared prefix of `prefix_slots`), at its worst
-  moment: the first refill, which prefills all `batch` prompts (padded to `prompt_bucket`) into a fresh cache
-  of their own before scattering it into the batch's (hb_jax/sample/sampler.py `_refill_impl`), with one
-  layer's fp32 attention scores over the prefix and every slot."""
-  heads, f = cfg.num_heads / tensor, cfg.intermediate_size / tensor
-  per_slot = kv_bytes_per_token(cfg, kv_bytes) / kv_split(cfg, tensor)
-  kv = batch * slots * per_slot
-  out = {
-      "weights": cfg.num_params * weight_bytes / tensor,
-      "kv_cache": kv,
-      "refill_cache": kv,
-      "prefix_cache": prefix_slots * per_slot,
-      "prefill_layer": batch * prompt_bucket * (heads * (prefix_slots + slots) * (4 + 2) + f * 2.0 * 3
-                                                + cfg.hidden_size * 2.0 * 4),
-      "logits_and_state": batch * cfg.vocab_size * 4.0 * 2 / tensor + batch * slots * 8.0,
-  }
-  out["total"] = sum(out.values())
-  return out
-
-
-def max_serving_batch(cfg: ModelConfig, hw: Hardware, *, tensor: int, slots: int, prompt_bucket: int,
-                      prefix_slots: int = 0, headroom: float = 0.9, weight_bytes: float = 2.0,
-                      limit: int = 4096) -> int:
-  """The largest power-of-two rows per replica whose `serve_memory` fits in `headroom` of a chip (0: none)."""
-  best, b = 0, 1
-  while b <= limit:
-    need = serve_memory(cfg, tensor=tensor, batch=b, slots=slots, prompt_bucket=prompt_bucket,
-                        prefix_slots=prefix_slots, weight_bytes=weight_bytes)["total"]
-    if need > hw.memory * headroom:
-      break
-    best, b = b, b * 2
-  return best
-
-
-@functools.lru_cache(maxsize=16)
-def _param_axes(cfg: ModelConfig) -> tuple[tuple[str, tuple, tuple[int, ...]], ...]:
-  """(name, logical axes, shape) of every parameter, from an abstract model (no memory allocated)."""
-  from flax import nnx  # local: the cost model itself needs no model
-
-  from hb_jax.model.llama import abstract_params
-
-  state = abstract_params(cfg)
-  return tuple((".".join(map(str, path)), tuple(var.get_metadata().get("logical_axes") or ()), tuple(var.shape))
-               for path, var in nnx.to_flat_state(state))
-
-
-def undivided_params(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules) -> list[str]:
-  """Parameters whose dimension a mesh axis of `rules` would shard but cannot divide (so parallel.py
-  replicates it there instead): '<name> dim <i> (<size>) not divisible by <axis>=<n>'."""
-  from hb_jax.parallel import logical_to_spec
-
-  problems = []
-  rules_map = dict(rules)
-  for name, axes, shape in _param_axes(cfg):
-    spec = tuple(logical_to_spec(axes, shape, rules, mesh_shape)) + (None,) * len(axes)
-    for i, logical in enumerate(axes):
-      want = rules_map.get(logical) if logical else None
-      want = [want] if isinstance(want, str) else list(want or [])
-      have = [spec[i]] if isinstance(spec[i], str) else list(spec[i] or [])
-      for axis in want:
-        if mesh_shape.get(axis, 1) > 1 and axis not in have:
-          problems.append(f"{name} dim {i} ({shape[i]}) not divisible by {axis}={mesh_shape[axis]}")
-  return problems
-
-
-# --------------------------------------------------------------------------------------------- estimates
 @dataclasses.dataclass
 class StageEstimate:
   stage: str  # the pipeline's stage name (sub-rows: 'curate_1 digits')
@@ -305,48 +79,20 @@ class Estimate:
             "warnings": self.warnings}
 
 
-def _template_tokens(text: str, a: Assumptions) -> float:
-  return len(text) / a.chars_per_token
-
-
-class _Lengths:
-  """Mean token counts of every sequence the pipeline trains on, generates from or scores."""
-
-  def __init__(self, a: Assumptions, tags: bool):
-    from hb_jax.data import prompts
-    tag = prompts.TAG_SEED if tags else ""
-    # +1 BOS, +1 EOS (training targets), the chat wrapper and the tag sentence.
-    self.forward_template = _template_tokens(prompts.forward_prompt("", tag) + prompts.forward_target(""), a) + 2
-    self.backward_template = _template_tokens(prompts.backward_prompt("") + prompts.backward_target(""), a) + 2
-    self.curation_template = _template_tokens(prompts.forward_prompt(prompts.CURATION_PROMPT_HEADER + "\n", tag),
-                                              a) + 1
-    # The rubric every rating prompt starts with ("[INST] " + the paper's header, after BOS) is prefilled once
-    # and shared (hb_jax.sample.prefix); each candidate's own part is the rest of the template + its text.
-    head = prompts.forward_prompt(prompts.CURATION_PROMPT_HEADER, "").split(prompts.CURATION_PROMPT_HEADER)[0]
-    self.curation_prefix = _template_tokens(head + prompts.CURATION_PROMPT_HEADER, a) + 1
-    own = self.curation_template - self.curation_prefix + a.generated_instruction_tokens
-    self.curation_suffix = own + a.segment_tokens
-    self.curation_suffix_max = own + a.segment_max_tokens
-    self.seed_forward = self.forward_template + a.seed_instruction_tokens + a.seed_output_tokens
-    self.seed_backward = self.backward_template + a.seed_output_tokens + a.seed_instruction_tokens
-    self.augmented_forward = self.forward_template + a.generated_instruction_tokens + a.segment_tokens
-    self.augment_prompt = self.backward_template - 1 + a.segment_tokens
-    self.augment_prompt_max = self.backward_template - 1 + a.segment_max_tokens
-    self.likelihood_sequence = self.augmented_forward
-    self.eval_prompt = self.forward_template - 1 + a.eval_instruction_tokens
-    self.eval_prompt_max = self.forward_template - 1 + a.eval_instruction_max_tokens
-
-
 def _bucket(n: float, buckets: Sequence[int]) -> int:
   from hb_jax.sample.plan import bucket_length
   return bucket_length(int(math.ceil(n)), buckets)
 
 
+def _prefix_slots(prefix_tokens: float) -> int:
+  """Cache slots of a shared prefix: hb_jax.sample.prefix pads it to a multiple of PREFIX_ALIGN."""
+  return -(-int(math.ceil(prefix_tokens)) // PREFIX_ALIGN) * PREFIX_ALIGN
+
+
 class _Estimator:
   def __init__(self, pcfg, model: ModelConfig, hw: Hardware, chips: int, a: Assumptions):
     self.p, self.m, self.hw, self.chips, self.a = pcfg, model, hw, chips, a
-    self.n_ne = model.num_params_no_embedding
-    self.len = _Lengths(a, pcfg.ablation.tags)
+    self.len = Lengths(a, pcfg.ablation.tags)
     self.buckets = SampleConfig().length_buckets
     self.local = min(chips, hw.chips_per_host)
     self.processes = max(1, chips // hw.chips_per_host)
@@ -372,7 +118,7 @@ class _Estimator:
     examples = steps * batch
     tokens = examples * mean_len
     pairs = examples * mean_len * (mean_len + 1) / 2  # per example: positions restart, no cross-example keys
-    flops = metrics.train_flops(m, tokens, pairs)
+    flops = metrics.train_flops(m, tokens, pairs)  # the stage's: linear in tokens and pairs
     try:
       data, fsdp, tensor = tc.mesh.resolve(self.chips)
     except ConfigError as e:
@@ -393,11 +139,7 @@ class _Estimator:
     executed = flops / useful
     chip_s = executed / (hw.peak_flops * a.mfu)
     roof_s = flops / hw.peak_flops
-    # HBM traffic: the AdamW update reads params, grads, mu, nu and writes params, mu, nu (fp32, once over
-    # all shards); every pass (forward, remat recompute, backward) reads the bf16 gathered weights on each
-    # chip (1/tensor of them).
-    nb = m.num_params
-    bytes_ = steps * (28.0 * nb + tc.micro_batches * 3 * 2.0 * nb * self.chips / tensor)
+    bytes_ = steps * cost.train_step_bytes(m, micro_batches=tc.micro_batches, chips=self.chips, tensor=tensor)
     mem = train_memory(m, fsdp=fsdp, tensor=tensor, rows_per_device=max(1, rows // ways), seq_len=tc.seq_len,
                        micro_batches=tc.micro_batches, remat=tc.remat or "full")
     fits = mem["total"] <= hw.memory * a.memory_headroom
@@ -430,13 +172,12 @@ class _Estimator:
     rc, per_process = self.replica()
     batch = max(1.0, batch_per_process / per_process)
     replicas = max(1, self.chips // rc)
-    prefix_slots = -(-int(math.ceil(prefix)) // PREFIX_ALIGN) * PREFIX_ALIGN
+    prefix_slots = _prefix_slots(prefix)
     slots = prompt * a.bucket_factor + max_new
     slots_max = _bucket(prompt_max, self.buckets) + max_new
-    kv_tok = kv_bytes_per_token(m, a.kv_bytes)
-    weight_bytes = self.n_ne * a.weight_bytes
-    step_bytes = weight_bytes + (prefix_slots + batch * slots) * kv_tok
-    step_flops = batch * (2.0 * self.n_ne + attention_flops_per_key(m) * (prefix_slots + slots))
+    step = cost.decode_step(m, rows=batch, slots=slots, prefix_slots=prefix_slots, weight_bytes=a.weight_bytes,
+                            kv_bytes=a.kv_bytes)
+    step_bytes, step_flops = step.bytes, step.flops
     t_mem, t_flop = step_bytes / (rc * hw.hbm_bandwidth), step_flops / (rc * hw.peak_flops)
     t_step = max(t_mem, t_flop)
     tokens = n * new
@@ -445,10 +186,11 @@ class _Estimator:
     decode_roof_s = tokens / batch * t_step * rc
     # Prefill: every prompt padded to its bucket, attending to the prefix and every slot of its fresh row cache
     # (the kernel masks, it doesn't skip). The prefix's own prefill, once per call of a chunk, is left out.
-    padded = prompt * a.bucket_factor
-    prefill_flops = n * (2.0 * self.n_ne * padded + attention_flops_per_key(m) * padded * (prefix_slots + slots))
+    prefill = cost.prefill(m, rows=n, prompt_len=prompt * a.bucket_factor, slots=slots, prefix_slots=prefix_slots,
+                           weight_bytes=a.weight_bytes)
+    prefill_flops = prefill.flops
     refill_rows = max(1.0, batch / 8)  # SampleConfig.refill_min: a refill waits for max_batch // 8 free rows
-    prefill_bytes = n / refill_rows * weight_bytes
+    prefill_bytes = n / refill_rows * prefill.bytes  # each refill reads the weights once
     prefill_chip_s = prefill_flops / (hw.peak_flops * a.mfu)
     mem = serve_memory(m, tensor=rc, batch=int(batch), slots=slots_max, prompt_bucket=slots_max - max_new,
                        prefix_slots=prefix_slots, weight_bytes=a.weight_bytes, kv_bytes=a.kv_bytes)
@@ -480,9 +222,10 @@ class _Estimator:
     a, m, hw = self.a, self.m, self.hw
     rc, _ = self.replica()
     padded = length * a.bucket_factor
-    prefix_slots = -(-int(math.ceil(prefix)) // PREFIX_ALIGN) * PREFIX_ALIGN
-    flops = n * (2.0 * self.n_ne * padded + attention_flops_per_key(m) * padded * (prefix_slots + padded))
-    bytes_ = n / max(batch, 1) * self.n_ne * a.weight_bytes
+    prefix_slots = _prefix_slots(prefix)
+    passes = cost.forward(m, rows=n, length=padded, keys=prefix_slots + padded, weight_bytes=a.weight_bytes)
+    flops = passes.flops
+    bytes_ = n / max(batch, 1) * passes.bytes  # each batch reads the weights once
     chip_s = max(flops / (hw.peak_flops * a.mfu), bytes_ / hw.hbm_bandwidth)
     chips = max(1, self.chips // rc) * rc
     return StageEstimate(stage, "score", f"{n:,.0f} sequences x ~{length:.0f} tokens (one forward pass"
@@ -511,7 +254,8 @@ def estimate(pcfg, model: ModelConfig, hw: Hardware, chips: int, a: Assumptions 
     out.append(e.train("backward", pcfg.backward, seed, 0, L.seed_backward))
   aug = pcfg.augment
   out.append(e.generate("augment", a.segments, L.augment_prompt, L.augment_prompt_max,
-                        min(a.generated_instruction_tokens, aug.max_new_tokens), aug.max_new_tokens, aug.batch))
+                        min(a.generated_instruction_tokens, aug.sampling.max_new_tokens), aug.sampling.max_new_tokens,
+                        aug.batch))
   if not pcfg.ablation.joint:
     out.append(e.train("seed", pcfg.train, seed, 0, L.seed_forward))
   c = pcfg.curate
@@ -524,7 +268,7 @@ def estimate(pcfg, model: ModelConfig, hw: Hardware, chips: int, a: Assumptions 
             else min(candidates, c.generate_sample)
         if method == "generate":
           out.append(e.generate(name, n, L.curation_suffix, L.curation_suffix_max,
-                                min(a.rating_tokens, c.max_new_tokens), c.max_new_tokens, c.batch,
+                                min(a.rating_tokens, c.sampling.max_new_tokens), c.sampling.max_new_tokens, c.batch,
                                 prefix=L.curation_prefix))
         elif method == "digits":
           out.append(e.score(name, n, L.curation_suffix + 3, SampleConfig().score_batch, prefix=L.curation_prefix))
@@ -539,121 +283,10 @@ def estimate(pcfg, model: ModelConfig, hw: Hardware, chips: int, a: Assumptions 
   n_eval = (pcfg.evaluate.max_items or a.eval_items) * models
   ev = pcfg.evaluate
   out.append(e.generate("evaluate", n_eval, L.eval_prompt, L.eval_prompt_max,
-                        min(a.eval_output_tokens, ev.max_new_tokens), ev.max_new_tokens, ev.batch))
+                        min(a.eval_output_tokens, ev.sampling.max_new_tokens), ev.sampling.max_new_tokens,
+                        ev.batch))
   out[-1].work = f"{models} models x {n_eval // models:,} items: " + out[-1].work
   e.derived["curated_examples_per_iteration"] = curated
   e.derived["candidates"] = candidates
   return Estimate(config_name or pcfg.name, model_name, hw, chips, model.num_params, model.num_params_no_embedding,
                   out, a, e.derived, e.warnings)
-
-
-# ------------------------------------------------------------------------------------------ config loading
-@dataclasses.dataclass
-class LoadedConfig:
-  pipeline: Any  # PipelineConfig
-  model: ModelConfig
-  model_name: str
-  hardware: str  # the variant's hardware (or the --hardware asked for)
-  chips: int  # the variant's reference slice size (0: unknown)
-  slice: str
-  path: str
-
-
-def load_config(spec: str, hardware_name: str | None = None, preset_name: str | None = None) -> LoadedConfig:
-  """`configs/X.py[:variant]` -> PipelineConfig + the model shape, as launch/run.py would validate it.
-
-  The model comes from `preset_name`, else the config module's MODEL_PRESET, else the base model folder's
-  model.json, else the synthetic base preset (configs/demo.py). The hardware variant: the ':variant'
-  suffix, else `hardware_name` when the module has a LAYOUTS entry for it, else the module's default.
-  """
-  from hb_jax.pipeline.config import from_config_dict
-
-  path, _, variant = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"--config={spec!r}: no such file {path!r}")
-  name = os.path.splitext(os.path.basename(path))[0]
-  mod_spec = importlib.util.spec_from_file_location(f"hb_estimate_config_{name}", path)
-  mod = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(mod)
-  layouts = getattr(mod, "LAYOUTS", {})
-  if not variant and hardware_name and hardware_name in layouts:
-    variant = hardware_name
-  if variant and layouts and variant not in layouts:
-    raise ConfigError(f"--config={spec!r}: variant {variant!r} unknown; {path} defines {sorted(layouts)}")
-  cd = mod.get_config(variant) if variant else mod.get_config()
-  data = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
-  pcfg = from_config_dict({**data, "name": data.get("name") or name})
-  layout = layouts.get(variant or getattr(mod, "DEFAULT_HARDWARE", ""))
-  model_name = preset_name or getattr(mod, "MODEL_PRESET", "")
-  model = _model(model_name, pcfg, path)
-  if not model_name:
-    model_name = pcfg.inputs.base_model or pcfg.base.preset
-  return LoadedConfig(pcfg, model, model_name, getattr(layout, "hardware", "") or hardware_name or "h100",
-                      getattr(layout, "chips", 0), getattr(layout, "slice", ""), path)
-
-
-def _model(preset_name: str, pcfg, path: str) -> ModelConfig:
-  from hb_jax.model.presets import preset
-  if preset_name:
-    return preset(preset_name)
-  if pcfg.inputs.kind == "files":
-    from etils import epath
-    mj = epath.Path(pcfg.inputs.base_model) / "model.json"
-    if mj.exists():
-      return ModelConfig.from_json(mj.read_text(), str(mj))
-    raise ConfigError(f"{path}: no MODEL_PRESET and no {mj}; pass --preset NAME")
-  return preset(pcfg.base.preset, vocab_size=pcfg.base.vocab_size)
-
-
-# -------------------------------------------------------------------------------------------------- output
-def _h(x: float) -> str:
-  return f"{x:,.1f}" if x >= 10 else f"{x:,.2f}"
-
-
-def _bytes(x: float) -> str:
-  for p, s in ((1e18, "EB"), (1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB")):
-    if x >= p:
-      return f"{x / p:.2f} {s}"
-  return f"{x:.0f} B"
-
-
-def format_text(est: Estimate) -> str:
-  hw, a = est.hardware, est.assumptions
-  count = lambda n: f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
-  lines = [f"hb_jax cost estimate: {est.config} ({est.model}, {count(est.params)} params, "
-           f"{count(est.params_no_embedding)} without the input embedding) on {est.chips} x {hw.description}",
-           f"  chip: {hw.peak_flops / 1e12:.0f} TFLOP/s bf16, {hw.hbm_bandwidth / 1e12:.2f} TB/s HBM, "
-           f"{hw.memory / GB:.1f} GB ({hw.source})", ""]
-  head = (f"{'stage':<22} {'FLOPs':>9} {'bytes':>10} {'chip-h':>9} {'wall-h':>8} {'roofline chip-h':>16} "
-          f"{'mem/device':>10}")
-  lines += [head, "-" * len(head)]
-  for s in est.stages:
-    mem = (f"{s.memory_per_device / GB:.0f} GB" + ("" if s.memory_fits else " (!)")) if s.memory_per_device else "-"
-    lines.append(f"{s.stage:<22} {s.flops:>9.2e} {_bytes(s.bytes):>10} {_h(s.chip_hours):>9} "
-                 f"{_h(s.wall_hours):>8} {_h(s.roofline_chip_hours):>16} {mem:>10}")
-  lines.append("-" * len(head))
-  lines.append(f"{'total':<22} {est.total('flops'):>9.2e} {_bytes(est.total('bytes')):>10} "
-               f"{_h(est.total('chip_hours')):>9} {_h(est.total('wall_hours')):>8} "
-               f"{_h(est.total('roofline_chip_hours')):>16}")
-  gen = ("generate", "score")
-  lines.append(f"{'  generation+curation':<22} {'':>9} {'':>10} {_h(est.total('chip_hours', gen)):>9} "
-               f"{_h(est.total('wall_hours', gen)):>8} {_h(est.total('roofline_chip_hours', gen)):>16}")
-  lines += ["", "stages:"]
-  for s in est.stages:
-    lines.append(f"  {s.stage}: {s.work}" + (f" [{s.bound}-bound decode]" if s.bound else ""))
-    lines += [f"      {n}" for n in s.notes]
-  lines += ["", "assumptions (override with --assume NAME=VALUE):"]
-  for f in dataclasses.fields(a):
-    lines.append(f"  {f.name} = {getattr(a, f.name):g}" if isinstance(getattr(a, f.name), float)
-                 else f"  {f.name} = {getattr(a, f.name)}")
-  lines.append("derived: " + ", ".join(f"{k} {v:,.0f}" for k, v in est.derived.items()))
-  lines.append("hours: chip-h = chip-seconds / 3600 at the efficiencies above; wall-h = chip-h / chips used "
-               "(bulk stages split records evenly over processes); roofline = 100% of peak FLOP/s or HBM "
-               "bandwidth, every decode slot busy.")
-  if est.warnings:
-    lines += ["", "warnings:"] + [f"  {w}" for w in est.warnings]
-  return "\n".join(lines)
-
-
-__all__ = ["HARDWARE", "Hardware", "Assumptions", "Estimate", "StageEstimate", "estimate", "load_config",
-           "train_memory", "serve_memory", "undivided_params", "format_text", "kv_bytes_per_token"]

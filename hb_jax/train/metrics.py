@@ -14,14 +14,7 @@ import jax
 from etils import epath
 
 from hb_jax.config import ModelConfig
-
-# Dense bf16 peaks per device (FLOP/s), from vendor data sheets; used when no peak is configured.
-KNOWN_PEAKS = (
-    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
-    ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
-    ("TPU v4", 275e12),
-)
-
+from hb_jax.estimate.hardware import for_device_kind
 
 def attention_flops_per_pair(cfg: ModelConfig) -> float:
   """Training FLOPs of one attended (query, key) pair, all layers: 3 x 4 x heads x head_dim x layers."""
@@ -39,14 +32,12 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def peak_flops_per_device(override: float = 0.0) -> float:
-  """The configured peak, else a known accelerator's bf16 peak, else 0 (MFU not reported)."""
+  """The configured peak, else the bf16 peak of this accelerator in hb_jax.estimate.hardware's table, else 0
+  (MFU not reported)."""
   if override > 0:
     return override
-  kind = jax.devices()[0].device_kind
-  for name, peak in KNOWN_PEAKS:
-    if name.lower() in kind.lower():
-      return peak
-  return 0.0
+  chip = for_device_kind(jax.devices()[0].device_kind)
+  return chip.peak_flops if chip else 0.0
 
 
 class Throughput:
