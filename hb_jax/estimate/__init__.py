@@ -16,11 +16,11 @@ from hb_jax.estimate.assumptions import Assumptions
 from hb_jax.estimate.configs import LoadedConfig, load_config
 from hb_jax.estimate.cost import ProgramCost, decode_step, forward, prefill, train_step
 from hb_jax.estimate.hardware import HARDWARE, Hardware, for_device_kind, hardware
-from hb_jax.estimate.memory import kv_bytes_per_token, max_serving_batch, serve_memory, train_memory, undivided_params
+from hb_jax.estimate.memory import kv_bytes_per_token, max_serving_batch, serve_memory, train_memory
 from hb_jax.estimate.report import format_text
 from hb_jax.estimate.stages import Estimate, StageEstimate, _Estimator, estimate
 
 __all__ = ["HARDWARE", "Hardware", "hardware", "for_device_kind", "Assumptions", "Estimate", "StageEstimate",
            "estimate", "load_config", "LoadedConfig", "train_memory", "serve_memory", "max_serving_batch",
-           "undivided_params", "kv_bytes_per_token", "ProgramCost", "train_step", "prefill", "decode_step",
+           "kv_bytes_per_token", "ProgramCost", "train_step", "prefill", "decode_step",
            "forward", "format_text"]

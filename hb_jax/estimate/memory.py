@@ -1,13 +1,11 @@
 """Bytes per device of the programs a run compiles, as functions of the model, the mesh and the batch:
 `train_memory` (one training step under TRAIN_RULES) and `serve_memory` (one inference replica under
-SERVE_RULES at its worst moment), with `undivided_params` naming what a mesh axis cannot split.
+SERVE_RULES at its worst moment). Both assume every mesh axis divides what it shards, which
+`hb_jax.parallel.undivided_params` checks.
 
 The launch configs' docstrings (configs/llama*.py) quote these numbers; tests/test_estimate.py checks them.
 """
 from __future__ import annotations
-
-import functools
-from typing import Mapping
 
 from hb_jax.config import ModelConfig
 from hb_jax.estimate.hardware import Hardware
@@ -90,35 +88,3 @@ def max_serving_batch(cfg: ModelConfig, hw: Hardware, *, tensor: int, slots: int
       break
     best, b = b, b * 2
   return best
-
-
-@functools.lru_cache(maxsize=16)
-def _param_axes(cfg: ModelConfig) -> tuple[tuple[str, tuple, tuple[int, ...]], ...]:
-  """(name, logical axes, shape) of every parameter, from an abstract model (no memory allocated)."""
-  from flax import nnx  # local: the arithmetic above needs no model
-
-  from hb_jax.model.llama import abstract_params
-
-  state = abstract_params(cfg)
-  return tuple((".".join(map(str, path)), tuple(var.get_metadata().get("logical_axes") or ()), tuple(var.shape))
-               for path, var in nnx.to_flat_state(state))
-
-
-def undivided_params(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules) -> list[str]:
-  """Parameters whose dimension a mesh axis of `rules` would shard but cannot divide (so parallel.py
-  replicates it there instead, and memory per device is more than the arithmetic above says):
-  '<name> dim <i> (<size>) not divisible by <axis>=<n>'."""
-  from hb_jax.parallel import logical_to_spec
-
-  problems = []
-  rules_map = dict(rules)
-  for name, axes, shape in _param_axes(cfg):
-    spec = tuple(logical_to_spec(axes, shape, rules, mesh_shape)) + (None,) * len(axes)
-    for i, logical in enumerate(axes):
-      want = rules_map.get(logical) if logical else None
-      want = [want] if isinstance(want, str) else list(want or [])
-      have = [spec[i]] if isinstance(spec[i], str) else list(spec[i] or [])
-      for axis in want:
-        if mesh_shape.get(axis, 1) > 1 and axis not in have:
-          problems.append(f"{name} dim {i} ({shape[i]}) not divisible by {axis}={mesh_shape[axis]}")
-  return problems
