@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from hb_jax.config import ConfigError, ModelConfig
 
@@ -22,14 +22,16 @@ class LoadedConfig:
   path: str
 
 
-def load_config(spec: str, hardware_name: str | None = None, preset_name: str | None = None) -> LoadedConfig:
-  """`configs/X.py[:variant]` -> PipelineConfig + the model shape, as launch/run.py would validate it.
+def load_config(spec: str, hardware_name: str | None = None, preset_name: str | None = None,
+                overrides: Sequence[str] = ()) -> LoadedConfig:
+  """`configs/X.py[:variant]` (+ `a.b=value` overrides) -> the PipelineConfig launch/run.py would build (through
+  the same loader, hb_jax.pipeline.config.load) + the model shape and the variant's hardware.
 
   The model comes from `preset_name`, else the config module's MODEL_PRESET, else the base model folder's
   model.json, else the synthetic base preset (configs/demo.py). The hardware variant: the ':variant'
   suffix, else `hardware_name` when the module has a LAYOUTS entry for it, else the module's default.
   """
-  from hb_jax.pipeline.config import from_config_dict
+  from hb_jax.pipeline.config import load
 
   path, _, variant = spec.partition(":")
   if not os.path.isfile(path):
@@ -43,9 +45,7 @@ def load_config(spec: str, hardware_name: str | None = None, preset_name: str | 
     variant = hardware_name
   if variant and layouts and variant not in layouts:
     raise ConfigError(f"--config={spec!r}: variant {variant!r} unknown; {path} defines {sorted(layouts)}")
-  cd = mod.get_config(variant) if variant else mod.get_config()
-  data = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
-  pcfg = from_config_dict({**data, "name": data.get("name") or name})
+  pcfg = load(f"{path}:{variant}" if variant else path, overrides)
   layout = layouts.get(variant or getattr(mod, "DEFAULT_HARDWARE", ""))
   model_name = preset_name or getattr(mod, "MODEL_PRESET", "")
   model = _model(model_name, pcfg, path)
