@@ -16,12 +16,12 @@ import jax
 import numpy as np
 from etils import epath
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from hb_jax import checkpoint
 from hb_jax.config import ModelConfig
 from hb_jax.model.llama import Llama, abstract_model
-from hb_jax.parallel import SERVE_RULES, Rules, data_sharding, single_device_mesh
+from hb_jax.parallel import SERVE_RULES, Rules, batch_sharding, single_device_mesh
 
 
 def build_model(cfg: ModelConfig, params: dict[str, Any]) -> Llama:
@@ -55,19 +55,14 @@ class LanguageModel:
   def params(self) -> dict[str, Any]:
     return nnx.to_pure_dict(self.state)
 
-  def _batch_sharding(self, ndim: int = 2) -> NamedSharding:
-    return data_sharding(self.mesh, ndim, self.rules)
-
   def put_batch(self, array: np.ndarray) -> jax.Array:
-    """Places a [B, ...] host array (the same on every process) on the mesh, split over the data axes.
+    """Places a [B, ...] host array (the same on every process) on the mesh, split over the data axes that
+    divide B (replicated over the others).
 
     Built from a callback so it also works when the mesh spans several processes: each process fills
     only the shards its own devices hold.
     """
-    sharding = self._batch_sharding(array.ndim)
-    ways = int(np.prod([self.mesh.shape[a] for a in _spec_axes(sharding.spec[0])]))
-    if array.shape[0] % ways:
-      sharding = NamedSharding(self.mesh, P())
+    sharding = batch_sharding(self.mesh, array.shape, self.rules)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
   def logits(self, tokens) -> np.ndarray:
@@ -168,12 +163,6 @@ def fetch(x: jax.Array) -> np.ndarray:
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
-
-
-def _spec_axes(entry) -> tuple[str, ...]:
-  if entry is None:
-    return ()
-  return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def load(path, mesh: Mesh | None = None, rules: Rules = SERVE_RULES) -> LanguageModel:

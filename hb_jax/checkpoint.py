@@ -4,7 +4,8 @@
 refused by `load`, so a crash mid-write never leaves something that looks like a model. This works the same
 on local disks and object stores (no rename needed). Params are stored as a plain nested dict of arrays
 (`embed_tokens.embedding`, `layers.self_attn.q_proj.kernel` [layers, embed, heads, head_dim], ...), so any
-Orbax user can restore them without hb_jax; `restore_params` reshards onto whatever mesh it is given.
+Orbax user can restore them without hb_jax; `restore_params` reshards onto whatever mesh it is given, with
+the shardings hb_jax.parallel gives.
 """
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from hb_jax.config import ModelConfig
-from hb_jax.parallel import Rules, SERVE_RULES, logical_to_spec
+from hb_jax.parallel import Rules, SERVE_RULES, abstract_params
 
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
@@ -113,25 +113,6 @@ def tokenizer_path(path) -> epath.Path | None:
   return None
 
 
-def abstract_params(cfg: ModelConfig) -> nnx.State:
-  """Shapes, dtypes and logical-axis metadata of a model's params, without allocating them."""
-  from hb_jax.model.llama import abstract_params as model_abstract_params
-
-  return model_abstract_params(cfg)
-
-
-def params_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULES) -> Any:
-  """A nested dict of NamedShardings matching `params/`, for `rules` on `mesh`."""
-  mesh_shape = dict(mesh.shape)
-  state = abstract_params(cfg)
-
-  def sharding(var):
-    spec = logical_to_spec(var.get_metadata()["logical_axes"], var.shape, rules, mesh_shape)
-    return NamedSharding(mesh, spec)
-
-  return nnx.to_pure_dict(jax.tree.map(sharding, state, is_leaf=lambda v: isinstance(v, nnx.Variable)))
-
-
 def restore_params(path, cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULES) -> dict[str, Any]:
   """Restores `path/params` as jax arrays laid out for `rules` on `mesh` (resharding as needed).
 
@@ -149,12 +130,8 @@ def restore_params(path, cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULE
   if stored is None:  # this Orbax returns empty metadata, not an error, for a folder it cannot read
     raise CheckpointError(f"{path / PARAMS_DIR}: not a readable Orbax checkpoint (missing, or its _METADATA "
                           "is gone); the model folder is incomplete or damaged")
-  expected = nnx.to_pure_dict(abstract_params(cfg))
-  check_tree_matches(expected, stored, where=str(path / PARAMS_DIR))
-  shardings = params_shardings(cfg, mesh, rules)
-  target = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype), sharding=s), expected, shardings)
-  restored = checkpointer.restore(path / PARAMS_DIR, target)
+  check_tree_matches(abstract_params(cfg), stored, where=str(path / PARAMS_DIR))
+  restored = checkpointer.restore(path / PARAMS_DIR, abstract_params(cfg, mesh, rules))
   checkpointer.close()
   return restored
 

@@ -203,8 +203,15 @@ class MeshConfig:
   data: int = 1
   fsdp: int = -1
   tensor: int = 1
+  # Overrides of the layout's logical-axis -> mesh-axes table (hb_jax.parallel TRAIN_RULES for train.mesh,
+  # SERVE_RULES for the inference mesh): [logical axis, mesh axis | [mesh axes] | None] pairs, e.g.
+  # (("embed", None),) to keep weights whole. Empty by default: the tables as they are.
+  rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = ()
 
   def __post_init__(self):
+    if self.rules:
+      from hb_jax.parallel import check_rule_overrides  # local: hb_jax.parallel imports this module
+      object.__setattr__(self, "rules", check_rule_overrides(self.rules))
     sizes = (self.data, self.fsdp, self.tensor)
     if sum(s == -1 for s in sizes) > 1:
       raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, found {sizes}")

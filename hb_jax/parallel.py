@@ -1,9 +1,21 @@
-"""Device mesh, logical-axis sharding rules, and multi-host initialisation.
+"""Device mesh, logical-axis sharding rules, and multi-host initialisation: the one place shardings come from.
 
-Every parameter and activation carries logical axis names ('embed', 'heads', ...). One short table per
-layout maps them to the mesh axes ('data', 'fsdp', 'tensor'). A mesh axis is used for a dimension only if it
-divides it; otherwise that dimension is replicated (e.g. 2 KV heads on tensor=8 are replicated), so any
-model runs on any mesh, at worst with some replication.
+Every parameter, activation and KV-cache array carries logical axis names ('embed', 'heads', ...). One short
+table per layout (TRAIN_RULES, SERVE_RULES) maps them to the mesh axes ('data', 'fsdp', 'tensor'); a config
+overrides entries of it with `mesh.rules` (`with_overrides`). From these:
+
+  abstract_params(cfg[, mesh, rules])   the params tree (nested dict) as ShapeDtypeStructs, sharded if asked
+  param_shardings(params, rules, mesh)  NamedShardings for a model's params (cfg or nnx.State); the train
+                                        step's optimizer state follows them (train/step.py)
+  cache_shardings / constrain_cache     the same for a KVCache (model/kv_cache.py names its axes)
+  constrain(x, axes, rules)             an activation's sharding constraint inside a jitted function
+  batch_sharding(mesh, shape, rules)    a [batch, ...] input
+
+A mesh axis must divide the parameter dimension it shards; when it does not, that is a ConfigError naming the
+parameter, the dimension and the axis, with one exception: KV heads fewer than (or not divisible by) the
+'tensor' axis are replicated across it and logged once (DESIGN.md), since GQA models have 8 or fewer. For
+activations, caches and batch inputs a non-dividing axis is dropped silently instead: their sizes are
+runtime choices, not model shapes (a decode batch of 1 on data=8 is legitimate, it just runs replicated).
 """
 from __future__ import annotations
 
@@ -17,7 +29,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from hb_jax.config import MeshConfig
+from hb_jax.config import ConfigError, MeshConfig, ModelConfig
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = tuple[tuple[str, Any], ...]
@@ -46,6 +60,13 @@ TRAIN_RULES: Rules = (
 # no FSDP all-gather runs per decode step; the batch is split over the data axes, KV heads over 'tensor'.
 SERVE_RULES: Rules = tuple((name, None if name == "embed" else axes) for name, axes in TRAIN_RULES)
 
+LOGICAL_AXES = tuple(name for name, _ in TRAIN_RULES)
+# The one parameter axis a mesh axis may fail to divide: replicated (and logged) instead of refused.
+REPLICABLE_PARAM_AXES = ("kv_heads",)
+
+
+# ------------------------------------------------------------------------------------------------ mesh
+
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh over `devices` (default: all), -1 filling the rest.
@@ -63,6 +84,49 @@ def single_device_mesh(device: jax.Device | None = None) -> Mesh:
   return make_mesh(MeshConfig(1, 1, 1), [device or jax.devices()[0]])
 
 
+# ------------------------------------------------------------------------------------------------ rules
+
+
+def check_rule_overrides(overrides: Sequence[Any], where: str = "mesh.rules") -> Rules:
+  """`overrides` (MeshConfig.rules: [logical axis, mesh axis | [mesh axes] | None] pairs) as a tuple of
+  (str, str | tuple | None) pairs, or a ConfigError naming `where` and the entry."""
+  if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+    raise ConfigError(f"{where}: expected a list of [logical axis, mesh axes] pairs, found {overrides!r}")
+  out, seen = [], set()
+  for i, entry in enumerate(overrides):
+    at = f"{where}: entry {i} {entry!r}"
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+      raise ConfigError(f"{at}: expected a [logical axis, mesh axes] pair")
+    name, axes = entry
+    if name not in LOGICAL_AXES:
+      raise ConfigError(f"{at}: unknown logical axis {name!r}; expected one of {list(LOGICAL_AXES)}")
+    if name in seen:
+      raise ConfigError(f"{at}: logical axis {name!r} is given twice")
+    seen.add(name)
+    if axes is not None and not isinstance(axes, str):
+      if isinstance(axes, bytes) or not isinstance(axes, Sequence):
+        raise ConfigError(f"{at}: mesh axes must be a name, a list of names or None, found {axes!r}")
+      axes = tuple(axes)
+    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    unknown = [a for a in names if a not in MESH_AXES]
+    if unknown:
+      raise ConfigError(f"{at}: unknown mesh axis {unknown[0]!r}; expected one of {list(MESH_AXES)}")
+    if len(set(names)) != len(names):
+      raise ConfigError(f"{at}: a mesh axis is repeated")
+    out.append((name, axes))
+  return tuple(out)
+
+
+def with_overrides(rules: Rules, overrides: Sequence[Any] | MeshConfig) -> Rules:
+  """`rules` (TRAIN_RULES or SERVE_RULES) with the entries a config's `mesh.rules` names replaced, e.g.
+  with_overrides(TRAIN_RULES, tc.mesh) for training and with_overrides(SERVE_RULES, cfg.mesh) for serving."""
+  if isinstance(overrides, MeshConfig):
+    overrides = overrides.rules
+  table = dict(rules)
+  table.update(check_rule_overrides(overrides))
+  return tuple(table.items())
+
+
 def _mesh_axes_for(name: str | None, rules: Mapping[str, Any]) -> tuple[str, ...]:
   if name is None:
     return ()
@@ -74,9 +138,14 @@ def _mesh_axes_for(name: str | None, rules: Mapping[str, Any]) -> tuple[str, ...
   return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
+# ------------------------------------------------------------------------- logical axes -> PartitionSpec
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | None,
                     rules: Rules, mesh_shape: Mapping[str, int]) -> P:
-  """PartitionSpec for an array with these logical axes; mesh axes that don't divide a dim are dropped."""
+  """PartitionSpec for an activation, cache or batch array: a mesh axis that does not divide its dimension
+  (or that an earlier dimension already uses) is dropped, so that dimension is split less or replicated.
+  Parameters go through `param_spec` instead, which refuses that."""
   rules_map = dict(rules)
   used: set[str] = set()
   spec = []
@@ -88,15 +157,170 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | N
         axes.pop()
     axes = [a for a in axes if mesh_shape[a] > 1]
     used.update(axes)
-    spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    spec.append(_spec_entry(axes))
   return P(*spec)
+
+
+def _spec_entry(axes: Sequence[str]):
+  return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
+
+
+def _param_spec_and_problems(name: str, logical_axes: Sequence[str | None], shape: Sequence[int], rules: Rules,
+                             mesh_shape: Mapping[str, int]) -> tuple[P, list[str], list[str]]:
+  """(spec, problems, replicated): a parameter's PartitionSpec, what no mesh can give it under these rules
+  (one line per dimension), and what of a REPLICABLE_PARAM_AXES dimension was replicated instead."""
+  rules_map = dict(rules)
+  used: dict[str, int] = {}  # mesh axis -> the dimension it shards
+  spec, problems, replicated = [], [], []
+  for i, logical in enumerate(logical_axes):
+    kept: list[str] = []
+    for a in _mesh_axes_for(logical, rules_map):
+      n = mesh_shape.get(a, 1)
+      if n == 1:
+        continue
+      if a in used:
+        problem = f"{name} dim {i} ({shape[i]}) cannot use {a}={n}: it already shards dim {used[a]}"
+      elif shape[i] % (math.prod(mesh_shape[b] for b in kept) * n):
+        split = " x ".join(f"{b}={mesh_shape[b]}" for b in kept + [a])
+        problem = f"{name} dim {i} ({shape[i]}) not divisible by {split}"
+      else:
+        kept.append(a)
+        continue
+      if logical in REPLICABLE_PARAM_AXES:
+        replicated.append(f"{shape[i]} KV heads on {a}={n}")
+      else:
+        problems.append(f"{problem} (logical axis {logical!r})")
+      break
+    used.update((a, i) for a in kept)
+    spec.append(_spec_entry(kept))
+  return P(*spec), problems, replicated
+
+
+_logged_replications: set[str] = set()
+
+
+def _check_param_layout(problems: Sequence[str], replicated: Sequence[str]) -> None:
+  """Raises a ConfigError for the first problem (counting the rest); logs each KV-head replication once."""
+  if problems:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise ConfigError(f"sharding: parameter {problems[0]}{more}; use mesh axis sizes that divide it or map that "
+                      "logical axis to other mesh axes (or None) in mesh.rules")
+  for what in replicated:
+    if what not in _logged_replications:
+      _logged_replications.add(what)
+      log.info("sharding: %s are replicated across it (k/v projections and the KV cache hold every KV head "
+               "on each of its devices)", what)
+
+
+def param_spec(name: str, logical_axes: Sequence[str | None], shape: Sequence[int], rules: Rules,
+               mesh_shape: Mapping[str, int]) -> P:
+  """PartitionSpec for the parameter `name` (dotted path): every mesh axis its rules name divides its
+  dimension, else a ConfigError; KV heads a mesh axis does not divide are replicated, logged once."""
+  spec, problems, replicated = _param_spec_and_problems(name, logical_axes, shape, rules, mesh_shape)
+  _check_param_layout(problems, replicated)
+  return spec
+
+
+# ---------------------------------------------------------------------------------------- parameters
+
+
+def _param_state(cfg: ModelConfig):
+  """The nnx.State of a model's params as ShapeDtypeStructs with their logical-axes metadata."""
+  from flax import nnx  # local: hb_jax.model.llama imports this module
+
+  from hb_jax.model.llama import abstract_model
+
+  return abstract_model(cfg)[1].filter(nnx.Param)
+
+
+def _is_variable(x) -> bool:
+  from flax import nnx
+
+  return isinstance(x, nnx.Variable)
+
+
+def _dotted(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def param_shardings(params: ModelConfig | Any, rules: Rules, mesh: Mesh) -> Any:
+  """NamedShardings for a model's params under `rules` on `mesh`. `params` is a ModelConfig (-> a nested
+  dict of NamedShardings, the tree `abstract_params`, a model folder's params/ and TrainState.params have)
+  or an nnx.State of Params, abstract or concrete (-> the same State holding NamedShardings, for
+  jax.device_put(state, ...)). The train step's optimizer moments take their param's sharding."""
+  from flax import nnx
+
+  state = _param_state(params) if isinstance(params, ModelConfig) else params
+  mesh_shape = dict(mesh.shape)
+  problems, replicated = [], []
+
+  def sharding(path, var):
+    if not _is_variable(var):  # a plain dict has no logical axes: replicating it all would go unnoticed
+      raise TypeError(f"param_shardings: expected a ModelConfig or an nnx.State of Params, found a "
+                      f"{type(var).__name__} at {_dotted(path)}")
+    axes = var.get_metadata().get("logical_axes")
+    if axes is None:
+      return var.replace(NamedSharding(mesh, P()))
+    spec, bad, copied = _param_spec_and_problems(_dotted(path), axes, var.shape, rules, mesh_shape)
+    problems.extend(bad)
+    replicated.extend(copied)
+    return var.replace(NamedSharding(mesh, spec))
+
+  shardings = jax.tree_util.tree_map_with_path(sharding, state, is_leaf=_is_variable)
+  _check_param_layout(problems, replicated)
+  return nnx.to_pure_dict(shardings) if isinstance(params, ModelConfig) else shardings
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh | None = None, rules: Rules | None = None) -> dict[str, Any]:
+  """A model's params as a nested dict of ShapeDtypeStructs (the tree of a model folder's params/ and of
+  TrainState.params), nothing allocated; with `mesh` and `rules` each carries its sharding (a restore target)."""
+  from flax import nnx
+
+  shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), _param_state(cfg), is_leaf=_is_variable)
+  shapes = nnx.to_pure_dict(shapes)
+  if mesh is None:
+    return shapes
+  if rules is None:
+    raise ValueError("abstract_params: a mesh needs rules (TRAIN_RULES or SERVE_RULES)")
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                      param_shardings(cfg, rules, mesh))
+
+
+def undivided_params(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules: Rules) -> list[str]:
+  """What `param_shardings` would refuse for this model, mesh shape and rules, one line per dimension
+  ('<name> dim <i> (<size>) not divisible by <axis>=<n> ...'); [] when the layout works. No devices needed."""
+  from flax import nnx
+
+  problems = []
+  for path, var in nnx.to_flat_state(_param_state(cfg)):
+    axes = var.get_metadata().get("logical_axes")
+    if axes is not None:
+      problems += _param_spec_and_problems(".".join(map(str, path)), axes, var.shape, rules, mesh_shape)[1]
+  return problems
+
+
+# ------------------------------------------------------------------------------ caches, activations, inputs
+
+
+def cache_shardings(cache, rules: Rules, mesh: Mesh):
+  """A KVCache (of arrays or ShapeDtypeStructs) -> the same KVCache holding NamedShardings: K/V heads split
+  like the k/v projections, rows like the batch (a dimension an axis does not divide is replicated)."""
+  mesh_shape = dict(mesh.shape)
+  return jax.tree.map(lambda a, axes: NamedSharding(mesh, logical_to_spec(axes, a.shape, rules, mesh_shape)),
+                      cache, cache.logical_axes())
+
+
+def constrain_cache(cache, rules: Rules | None = None):
+  """`constrain` on every array of a KVCache, inside a jitted function (the layout of `cache_shardings`)."""
+  return jax.tree.map(lambda a, axes: constrain(a, axes, rules), cache, cache.logical_axes())
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: Rules | None = None) -> jax.Array:
   """Sharding constraint on an activation, against the mesh set with `jax.set_mesh` (no-op without one).
 
   Rules default to TRAIN_RULES; the serving layout (SERVE_RULES) only differs in parameter placement, which
-  is fixed by the arguments' shardings, so activations use one table.
+  is fixed by the arguments' shardings, so activations use one table. A mesh axis that does not divide a
+  dimension is dropped (logical_to_spec): activation shapes are runtime choices, not configuration errors.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or math.prod(mesh.axis_sizes) == 1:
@@ -106,37 +330,13 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: Rules | N
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-def param_specs(state: Any, rules: Rules, mesh: Mesh) -> Any:
-  """PartitionSpecs for an nnx.State of Params (abstract or concrete), from their logical_axes metadata."""
-  from flax import nnx  # local: keep parallel.py importable without building a model
-
-  mesh_shape = dict(mesh.shape)
-
-  def spec(var):
-    if not isinstance(var, nnx.Variable):
-      return P()
-    names = var.get_metadata().get("logical_axes")
-    if names is None:
-      return P()
-    return logical_to_spec(names, var.shape, rules, mesh_shape)
-
-  return jax.tree.map(spec, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-
-def param_shardings(state: Any, rules: Rules, mesh: Mesh) -> Any:
-  """NamedShardings for every leaf of an nnx.State (same tree structure as the state)."""
-  from flax import nnx
-
-  specs = param_specs(state, rules, mesh)
-  return jax.tree.map(lambda v, s: v.replace(NamedSharding(mesh, s)) if isinstance(v, nnx.Variable)
-                      else NamedSharding(mesh, s), state, specs,
-                      is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-
-def data_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = TRAIN_RULES) -> NamedSharding:
-  """Sharding of a [batch, ...] input: batch over the data axes, the rest replicated."""
-  spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), None, rules, dict(mesh.shape))
+def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = TRAIN_RULES) -> NamedSharding:
+  """Sharding of a [batch, ...] input: batch over the data axes that divide it, the rest replicated."""
+  spec = logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape, rules, dict(mesh.shape))
   return NamedSharding(mesh, spec)
+
+
+# ------------------------------------------------------------------------------------------- multi-host
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,11 @@ from flax import struct
 
 Array = jax.Array
 
+# Logical axes of one layer's K or V [batch, kv_heads, slots, head_dim] and of the per-slot bookkeeping
+# (hb_jax.parallel maps them to mesh axes: heads split like the k/v projections, rows like the batch).
+LAYER_KV_AXES = ("batch", "kv_heads", None, "head_dim")
+SLOT_AXES = ("batch", None)
+
 
 @struct.dataclass
 class KVCache:
@@ -49,6 +54,11 @@ class KVCache:
   @property
   def per_layer(self) -> bool:
     return isinstance(self.k, tuple)
+
+  def logical_axes(self) -> "KVCache":
+    """A KVCache of the logical axis names of each of this cache's arrays (for parallel.cache_shardings)."""
+    kv = tuple(LAYER_KV_AXES for _ in self.k) if self.per_layer else ("layers",) + LAYER_KV_AXES
+    return KVCache(k=kv, v=kv, positions=SLOT_AXES, segment_ids=SLOT_AXES, index=("batch",))
 
   def unstacked(self) -> "KVCache":
     """The same cache with one K and one V array per layer."""

@@ -399,11 +399,7 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
   """(graphdef, state) of Llama(cfg) with ShapeDtypeStructs for arrays (logical axes in the metadata),
   nothing allocated. Memoised per config: tracing every initialiser costs ~0.1 s, and one pipeline stage
   asks a dozen times (restore, shardings, the train step). The state is a fresh copy each call, so callers
-  may fill it in (nnx.replace_by_pure_dict) without touching the memo."""
+  may fill it in (nnx.replace_by_pure_dict) without touching the memo. The params as a plain tree, and their
+  shardings: hb_jax.parallel.abstract_params / param_shardings."""
   graphdef, state = _abstract_split(cfg)
   return graphdef, jax.tree.map(lambda leaf: leaf, state)
-
-
-def abstract_params(cfg: ModelConfig) -> nnx.State:
-  """The nnx.Param part of abstract_model(cfg)'s state."""
-  return nnx.state(nnx.merge(*abstract_model(cfg)), nnx.Param)

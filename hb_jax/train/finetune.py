@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from hb_jax import checkpoint
 from hb_jax.config import TrainConfig
 from hb_jax.data import loader
-from hb_jax.parallel import TRAIN_RULES, make_mesh
+from hb_jax.parallel import TRAIN_RULES, make_mesh, with_overrides
 from hb_jax.train import loop
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,9 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
     log.warning("finetune data (seq_len %d, overlong=%s): %s", cfg.seq_len, cfg.overlong, data_stats)
 
   model_cfg = loop.training_model_config(base_cfg, cfg)
-  result = loop.train(model_cfg, cfg, mesh, train_ex, workdir, val_examples=val_ex,
-                      init_params=lambda: checkpoint.restore_params(base_model_dir, base_cfg, mesh, TRAIN_RULES))
+  rules = with_overrides(TRAIN_RULES, cfg.mesh)
+  result = loop.train(model_cfg, cfg, mesh, train_ex, workdir, val_examples=val_ex, rules=rules,
+                      init_params=lambda: checkpoint.restore_params(base_model_dir, base_cfg, mesh, rules))
   out = None
   if result.completed:
     extra = {"finetuned_from": str(base_model_dir), "train_jsonl": str(train_jsonl), "steps": result.step,

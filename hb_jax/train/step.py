@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hb_jax.config import ModelConfig, TrainConfig
 from hb_jax.model import llama
 from hb_jax.model.llama import Llama
-from hb_jax.parallel import TRAIN_RULES, Rules, logical_to_spec
+from hb_jax.parallel import TRAIN_RULES, Rules, abstract_params, logical_to_spec, param_shardings
 from hb_jax.train import fused_loss
 
 Array = jax.Array
@@ -166,27 +166,10 @@ def model_graphdef(cfg: ModelConfig) -> nnx.GraphDef:
   return llama.abstract_model(cfg)[0]
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:
-  """Nested dict of NamedShardings for the params (FSDP + tensor parallel under TRAIN_RULES)."""
-  abstract = llama.abstract_params(cfg)
-  mesh_shape = dict(mesh.shape)
-
-  def sharding(var):
-    return NamedSharding(mesh, logical_to_spec(var.get_metadata()["logical_axes"], var.shape, rules, mesh_shape))
-
-  return nnx.to_pure_dict(jax.tree.map(sharding, abstract, is_leaf=lambda v: isinstance(v, nnx.Variable)))
-
-
-def abstract_params(cfg: ModelConfig) -> Any:
-  abstract = llama.abstract_params(cfg)
-  return nnx.to_pure_dict(jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), abstract,
-                                       is_leaf=lambda v: isinstance(v, nnx.Variable)))
-
-
 def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                     rules: Rules = TRAIN_RULES) -> TrainState:
   """Shardings of every TrainState leaf: optimizer moments follow their params, scalars replicate."""
-  p_shard = param_shardings(cfg, mesh, rules)
+  p_shard = param_shardings(cfg, rules, mesh)
   abstract_opt = jax.eval_shape(tx.init, abstract_params(cfg))
   replicated = NamedSharding(mesh, P())
   opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shard,
@@ -245,5 +228,5 @@ def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, schedule:
 
 def jit_eval_step(cfg: ModelConfig, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Callable[[Any, Batch], dict]:
   fn = functools.partial(eval_step, graphdef=model_graphdef(dataclasses.replace(cfg, dropout_rate=0.0)))
-  return jax.jit(fn, in_shardings=(param_shardings(cfg, mesh, rules), batch_shardings(mesh, rules)),
+  return jax.jit(fn, in_shardings=(param_shardings(cfg, rules, mesh), batch_shardings(mesh, rules)),
                  out_shardings=NamedSharding(mesh, P()))

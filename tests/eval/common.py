@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import nnx
 
-from hb_jax import checkpoint
 from hb_jax.config import ModelConfig
+from hb_jax.parallel import abstract_params
 
 # The words of the evaluators' templates and the test items, so prompts are a few dozen pieces, not bytes.
 WORDS = ("inst below is an instruction from user and two candidate answers decide which answer the better "
@@ -24,7 +23,7 @@ REF_ROWS, REF_WIDTH = 4, 256
 def random_params(cfg: ModelConfig, seed: int = 0, std: float = WEIGHT_STD) -> dict:
   """Weights drawn with numpy into the model's abstract tree (eager Flax init compiles op by op: slow)."""
   rng = np.random.default_rng(seed)
-  shapes = nnx.to_pure_dict(checkpoint.abstract_params(cfg))
+  shapes = abstract_params(cfg)
 
   def draw(path, s):
     if "norm" in jax.tree_util.keystr(path):  # near 1, not exactly, so a misplaced norm would still show
