@@ -254,7 +254,7 @@ _ADDED = {
     "augment": {"sampling.top_k": 0},
     "curate": {"sampling.top_k": 0},
     "evaluate": {"sampling.temperature": 0.0, "sampling.top_p": 1.0, "sampling.top_k": 0, "sampling.seed": 0},
-    "train": {},
+    "train": {"mesh.rules": []},
 }
 
 
