@@ -75,3 +75,18 @@ def test_manifest_entries_of_the_previous_layout_read_as_today():
   # ... and a value that did change is still seen.
   recorded["augment"]["temperature"] = 0.5
   assert as_today(recorded, today) != today
+
+
+def test_a_workdir_finished_by_the_previous_layout_resumes_with_nothing_redone(tmp_path):
+  """tests/pipeline/data/tiny_manifest_ab26090.json is the manifest of `python launch/run.py
+  --config=configs/tiny.py` finished by commit ab26090, before this config layout (flat sampling keys,
+  train.mesh_*, no mesh.rules). Today's configs/tiny.py finds every stage done, and a lone stage too."""
+  from hb_jax.pipeline import runner
+  (tmp_path / "manifest.json").write_bytes(
+      open(os.path.join(REPO, "tests", "pipeline", "data", "tiny_manifest_ab26090.json"), "rb").read())
+  result = runner.run(pc.load(TINY), tmp_path)
+  assert result.ran == [] and "train_2" in result.skipped and "report" in result.skipped
+  assert runner.run(pc.load(TINY, ["augment.batch=8"]), tmp_path, only="curate_1").ran == []
+  # A real change is still a change.
+  with pytest.raises(Exception, match=r"augment.sampling.temperature"):
+    runner.run(pc.load(TINY, ["augment.sampling.temperature=0.3"]), tmp_path)
