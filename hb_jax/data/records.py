@@ -1,4 +1,4 @@
-"""JSONL records: schema, stable ids, strict/lenient readers, atomic and resumable writers.
+"""JSONL records: schema, stable ids, strict/lenient readers, atomic writers, shard of an id.
 
 Segments: `id`, `text`, `source` (+ `header`, `url` provenance). Pairs: `id`, `instruction`, `output`, and
 where they apply `score`, `rating_text`, `method`, `iteration`, `source` (seed | augmented), provenance
@@ -105,14 +105,13 @@ def check_record(obj: Any, required: Sequence[str]) -> str | None:
 
 
 def iter_jsonl(path: epath.PathLike, required: Sequence[str] = (), strict: bool = True,
-               stats: ReadStats | None = None, drop_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+               stats: ReadStats | None = None) -> Iterator[tuple[int, dict]]:
   """Streams (line number, record) from a JSONL file (`.gz` too). Blank lines are ignored.
 
   strict: the first bad line raises RecordError naming file:line. Lenient: bad lines are skipped and
   counted in `stats` by reason (invalid_utf8, invalid_unicode, invalid_json, not_object, missing_field,
   empty_field, wrong_type), and a `.gz` stream that breaks off ends the read (truncated_gzip) after the
-  records before it. drop_torn_tail: a last line without its newline that does not parse is an interrupted
-  append, dropped (and counted as torn_tail) rather than an error.
+  records before it (a last line cut off there is dropped and counted as torn_tail).
   """
   stats = stats if stats is not None else ReadStats()
   with open_bytes(path) as f:
@@ -137,8 +136,7 @@ def iter_jsonl(path: epath.PathLike, required: Sequence[str] = (), strict: bool 
         yield from _parse_line(path, *pending, required, strict, stats, torn=False)
       pending = (lineno, raw)
     if pending is not None:
-      torn = drop_torn_tail and not pending[1].endswith(b"\n")
-      yield from _parse_line(path, *pending, required, strict, stats, torn=torn)
+      yield from _parse_line(path, *pending, required, strict, stats, torn=False)
 
 
 # A \uD800-\uDFFF escape: json.loads accepts one alone (half of an emoji cut by a scraper), but such a
@@ -166,6 +164,14 @@ def _lone_surrogate_field(obj: Any, where: str = "") -> str | None:
   return None
 
 
+def json_error_detail(err: json.JSONDecodeError, line: str) -> str:
+  """What json says and where, as a 1-based column of `line` (one JSONL line without its newline), saying
+  when that is past its end. json's messages that end in "at" ("Unterminated string starting at") do not
+  get a second one."""
+  msg = err.msg[:-3] if err.msg.endswith(" at") else err.msg
+  return f"{msg} at column {err.pos + 1}" + (" (the end of the line)" if err.pos >= len(line) else "")
+
+
 def _parse_line(path, lineno: int, raw: bytes, required, strict: bool, stats: ReadStats,
                 torn: bool) -> Iterator[tuple[int, dict]]:
   if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # written by some Windows tools; not part of the JSON
@@ -178,10 +184,11 @@ def _parse_line(path, lineno: int, raw: bytes, required, strict: bool, stats: Re
   except UnicodeDecodeError as e:
     problem, reason = f"expected UTF-8, found invalid byte at column {e.start + 1}", "invalid_utf8"
   else:
+    line = text.rstrip("\r\n")  # without its newline, a string cut off at the end reads as unterminated
     try:
-      obj = json.loads(text)
+      obj = json.loads(line)
     except json.JSONDecodeError as e:
-      problem, reason = f"expected JSON, found {e.msg} at column {e.colno}", "invalid_json"
+      problem, reason = f"expected JSON, found {json_error_detail(e, line)}", "invalid_json"
     else:
       bad = _lone_surrogate_field(obj) if _SURROGATE_ESCAPE.search(raw) else None
       if bad:
@@ -338,88 +345,6 @@ def write_jsonl(path: epath.PathLike, records: Iterable[dict]) -> int:
   return w.count
 
 
-class AppendJsonlWriter:
-  """Append-only JSONL for long bulk jobs (generation, scoring) that must survive interruption.
-
-  On open it reads back what is there: `done_ids` holds the ids of complete records, and a torn last
-  line (a crash mid-write) is cut off, so the next append starts on a clean line. Each `write` is one
-  `write()` of a whole line; `flush()` (every `sync_every` records and on close) fsyncs. Local
-  filesystems only: object stores cannot append, so there write per-process shards with write_jsonl.
-  """
-
-  def __init__(self, path: epath.PathLike, sync_every: int = 256, required: Sequence[str] = ("id",)):
-    self.path = epath.Path(path)
-    if not is_local(self.path):
-      raise ValueError(f"AppendJsonlWriter: expected a local path (append is not atomic on object stores), "
-                       f"found {self.path}; write shards with write_jsonl instead")
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.done_ids: set[str] = set()
-    self.stats = ReadStats()
-    if self.path.exists():
-      self._recover(required)
-    self._f = open(os.fspath(self.path), "ab")
-    self._sync_every = sync_every
-    self._unsynced = 0
-
-  def _recover(self, required: Sequence[str]) -> None:
-    # Our writes always end in a newline, so a last line without one is torn, parseable or not.
-    good_end = 0
-    with open(os.fspath(self.path), "rb") as f:
-      for lineno, raw in enumerate(f, start=1):
-        if not raw.endswith(b"\n"):
-          self.stats.skip("torn_tail")
-          break
-        for _, record in _parse_line(self.path, lineno, raw, required, strict=True, stats=self.stats,
-                                     torn=False):
-          self.done_ids.add(record["id"])
-        good_end += len(raw)
-    if good_end < os.path.getsize(os.fspath(self.path)):
-      with open(os.fspath(self.path), "r+b") as f:
-        f.truncate(good_end)
-
-  def write(self, record: dict) -> None:
-    self._f.write(dumps(record).encode("utf-8") + b"\n")
-    self.done_ids.add(record["id"])
-    self._unsynced += 1
-    if self._unsynced >= self._sync_every:
-      self.flush()
-
-  def flush(self) -> None:
-    self._f.flush()
-    os.fsync(self._f.fileno())
-    self._unsynced = 0
-
-  def close(self) -> None:
-    if not self._f.closed:
-      self.flush()
-      self._f.close()
-
-  def __enter__(self) -> "AppendJsonlWriter":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
-
-def shard_path(base: epath.PathLike, index: int, count: int) -> epath.Path:
-  """`out/scores.jsonl` -> `out/scores.jsonl-00003-of-00008` (per-process shards beside the merged file)."""
-  base = epath.Path(base)
-  return base.parent / f"{base.name}-{index:05d}-of-{count:05d}"
-
-
-class ShardedAppendWriter(AppendJsonlWriter):
-  """The append writer on shard `index` of `count`; `owns(id)` says which records this shard takes."""
-
-  def __init__(self, base: epath.PathLike, index: int, count: int, **kwargs):
-    if not 0 <= index < count:
-      raise ValueError(f"ShardedAppendWriter: expected 0 <= index < count, found index={index} count={count}")
-    self.index, self.count = index, count
-    super().__init__(shard_path(base, index, count), **kwargs)
-
-  def owns(self, record_id: str) -> bool:
-    return shard_of(record_id, self.count) == self.index
-
-
 def shard_of(record_id: str, count: int) -> int:
   """Deterministic shard of an id (ids are hex hashes; other strings are hashed first)."""
   try:
@@ -427,33 +352,6 @@ def shard_of(record_id: str, count: int) -> int:
   except ValueError:
     value = int(hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:8], 16)
   return value % count
-
-
-def merge_shards(base: epath.PathLike, count: int, order: Sequence[str] | None = None,
-                 required: Sequence[str] = ("id",)) -> int:
-  """Merges the shards of `base` into `base` atomically; returns the record count.
-
-  With `order` (ids, e.g. the input order) the output follows it; otherwise shards are concatenated in
-  index order. A duplicate id (a record rewritten after a resume) keeps its first copy.
-  """
-  shards = [shard_path(base, i, count) for i in range(count)]
-  missing = [str(s) for s in shards if not s.exists()]
-  if missing:
-    raise FileNotFoundError(f"merge_shards: expected {count} shards of {base}, found these missing: {missing}")
-  if order is None:
-    def records() -> Iterator[dict]:
-      seen: set[str] = set()
-      for s in shards:
-        for r in read_jsonl(s, required):
-          if r["id"] not in seen:
-            seen.add(r["id"])
-            yield r
-    return write_jsonl(base, records())
-  by_id: dict[str, dict] = {}
-  for s in shards:
-    for r in read_jsonl(s, required):
-      by_id.setdefault(r["id"], r)
-  return write_jsonl(base, (by_id[i] for i in order if i in by_id))
 
 
 def write_json(path: epath.PathLike, obj: Any) -> None:

@@ -1,22 +1,31 @@
 """Answers for a file of instructions, with the paper's decoding, in AlpacaEval's model-output format.
 
-    outputs, summary = generate_outputs(lm, items, GenerateConfig(tag="both"))
+    summary = run(lm, "alpaca_eval.json", "answers.json", GenerateConfig(tag="both"))
 
 Each prompt is the forward template of hb_jax/data/prompts.py (`[INST] {instruction}\\n\\n{tag} [/INST]`, or
 `[INST] {instruction} [/INST]` without a tag), decoded with temperature 0.7 and top-p 0.9 by default. Row i
 samples from a key derived from a hash of its instruction (and `seed`), and shared-prefix reuse is off, so an
 answer depends on its instruction and the settings only: not on the file's order, its other instructions,
 or the batch size (within DESIGN's logit tolerance).
+
+It is a bulk job (hb_jax.jobs.BulkJob): the instructions are streamed in chunks of CHUNK_RECORDS, each chunk's
+answers committed under `<output>.parts/` (named by its instructions and the settings), so a killed run
+resumes where it stopped, and a rerun with other instructions or settings computes the chunks they change
+instead of reusing stale ones. The JSON list is written atomically once every chunk is there; the parts stay
+(the summary's token counts come from them, and a rerun only rewrites the list): delete them by hand once the
+answers are final.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 import time
-from typing import Sequence
 
 from etils import epath
 
+from hb_jax import jobs
 from hb_jax.config import SampleConfig
 from hb_jax.data import prompts
 from hb_jax.eval import io
@@ -26,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # "web" is the augmented-data tag ("Answer with knowledge from web search."), named as users say it.
 TAGS = ("none", "seed", "web", "augmented", "both")
+# Instructions per committed chunk: a resume redoes at most this many; the sampler buckets lengths within it.
+CHUNK_RECORDS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,42 +81,70 @@ def instruction_seed(instruction: str, seed: int = 0) -> int:
   return plan.seed_from_id(instruction, seed)
 
 
-def generate_outputs(lm, items: Sequence[dict], config: GenerateConfig = GenerateConfig()) -> tuple[list[dict], dict]:
-  """(AlpacaEval records in input order, stats). `items` hold `instruction` (and optionally `dataset`)."""
+def run(lm, input_path: epath.PathLike, output_path: epath.PathLike, config: GenerateConfig = GenerateConfig(),
+        max_items: int = 0, summary_path: epath.PathLike | None = None, progress: bool = True) -> dict:
+  """Reads instructions (JSONL or an AlpacaEval JSON list; `instruction`, optionally `dataset`), writes the
+  answers as a JSON list in input order, atomically, and returns (and writes, given a path) the summary."""
   tok = lm.tokenizer
   if tok is None:
     raise io.EvalError(f"generate: the model at {lm.path} has no tokenizer file; generation needs one")
   generator = config.generator or (epath.Path(lm.path).name if lm.path else "model")
-  texts = [eval_prompt(it["instruction"], config) for it in items]
-  ids = [tok.encode(t, bos=True) for t in texts]
-  longest = max((len(i) for i in ids), default=0)
   limit = lm.cfg.max_position_embeddings
-  if longest >= limit:
-    worst = max(range(len(ids)), key=lambda i: len(ids[i]))
-    raise io.EvalError(f"generate: instruction {worst} ({items[worst]['instruction'][:60]!r}...) is {longest} "
-                       f"tokens as a prompt, at or over the model's {limit} positions")
-  if longest + config.max_new_tokens > limit:
-    log.warning("generate: the longest prompt (%d tokens) + max_new_tokens %d exceeds the model's %d "
-                "positions; answers that run that long go past the trained range", longest,
-                config.max_new_tokens, limit)
-  seeds = [instruction_seed(it["instruction"], config.seed) for it in items]
+
+  def items():
+    # The position names an item: instructions may repeat (each gets its answer, the same one).
+    for i, (where, rec) in enumerate(itertools.islice(io.read_instructions(input_path), max_items or None)):
+      yield {"id": str(i), "instruction": rec["instruction"], "_where": where,
+             **({"dataset": rec["dataset"]} if "dataset" in rec else {})}
+
+  warned = []
+
+  def encode(item: dict) -> list[int]:
+    ids = tok.encode(eval_prompt(item["instruction"], config), bos=True)
+    if len(ids) >= limit:
+      raise io.EvalError(f"{item['_where']}: the instruction ({item['instruction'][:60]!r}...) is {len(ids)} tokens "
+                         f"as a prompt, at or over the model's {limit} positions")
+    if len(ids) + config.max_new_tokens > limit and not warned:
+      warned.append(item["_where"])
+      log.warning("generate: %s: the prompt (%d tokens) + max_new_tokens %d exceeds the model's %d positions; "
+                  "answers that run that long go past the trained range", item["_where"], len(ids),
+                  config.max_new_tokens, limit)
+    return ids
+
+  def answer(chunk: list[dict], prompt_ids: list[list[int]]) -> list[dict]:
+    gens = lm.generate(prompt_ids, config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                       seed=[instruction_seed(it["instruction"], config.seed) for it in chunk],
+                       config=config.sample_config())
+    return [{"id": it["id"], "instruction": it["instruction"], "output": tok.decode(g).strip(),
+             "generator": generator, **({"dataset": it["dataset"]} if "dataset" in it else {}), "tokens": len(g)}
+            for it, g in zip(chunk, gens)]
+
+  answered: list[dict] = []
+
+  def write(path: epath.Path, outputs) -> None:
+    answered.extend(outputs)
+    # AlpacaEval's record: instruction, output, generator (+ dataset, which its evaluation set names).
+    io.write_json_list(path, [{k: v for k, v in o.items() if k not in ("id", "tokens")} for o in answered])
+
+  # Everything an answer depends on besides its instruction; the model's weights are left out (hashing them
+  # would read the whole model): give each model its own output path.
+  settings = json.dumps({"config": dataclasses.asdict(config), "generator": generator,
+                         "model": lm.cfg.fields_dict()}, sort_keys=True, default=str)
+  output_path = epath.Path(output_path)
   start = time.time()
-  gens = lm.generate(ids, config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                     seed=seeds, config=config.sample_config()) if ids else []
-  seconds = time.time() - start
-  outputs = []
-  for it, g in zip(items, gens):
-    rec = {"instruction": it["instruction"], "output": tok.decode(g).strip(), "generator": generator}
-    if "dataset" in it:  # AlpacaEval's evaluation set names each item's source; keep it for its tools
-      rec["dataset"] = it["dataset"]
-    outputs.append(rec)
-  lengths = [len(g) for g in gens]
-  stats = {
-    "items": len(outputs),
+  job = jobs.BulkJob(items, output_path, parts=f"{output_path}.parts", name="answers", chunk_records=CHUNK_RECORDS,
+                     settings=settings, write=write)
+  job.run(answer, encode=encode, desc="generate", progress=progress)
+  lengths = [o["tokens"] for o in answered]
+  summary = {
+    "model": lm.path,
+    "input": str(input_path),
+    "output": str(output_path),
+    "items": len(answered),
     "generator": generator,
     "tag": config.tag,
     "tag_text": tag_text(config.tag, config.style),
-    "prompt_example": texts[0] if texts else "",
+    "prompt_example": eval_prompt(answered[0]["instruction"], config) if answered else "",
     "temperature": config.temperature,
     "top_p": config.top_p,
     "max_new_tokens": config.max_new_tokens,
@@ -114,19 +153,7 @@ def generate_outputs(lm, items: Sequence[dict], config: GenerateConfig = Generat
     "hit_max_new_tokens": sum(n >= config.max_new_tokens for n in lengths),
     "mean_output_tokens": sum(lengths) / len(lengths) if lengths else 0.0,
     "generated_tokens": sum(lengths),
-    "seconds": round(seconds, 3),
+    "seconds": round(time.time() - start, 3),
   }
-  return outputs, stats
-
-
-def run(lm, input_path: epath.PathLike, output_path: epath.PathLike, config: GenerateConfig = GenerateConfig(),
-        max_items: int = 0, summary_path: epath.PathLike | None = None) -> dict:
-  """Reads instructions (JSONL or an AlpacaEval JSON list), writes the outputs as a JSON list atomically."""
-  items = [rec for _, rec in io.read_instructions(input_path)]
-  if max_items:
-    items = items[:max_items]
-  outputs, stats = generate_outputs(lm, items, config)
-  io.write_json_list(output_path, outputs)
-  summary = {"model": lm.path, "input": str(input_path), "output": str(output_path), **stats}
   io.write_summary(summary_path, summary)
   return summary

@@ -61,9 +61,9 @@ def _check_fields(where: str, obj: Any, fields: Sequence[str], non_empty: Sequen
   return obj
 
 
-def read_instructions(path: epath.PathLike) -> list[tuple[str, dict]]:
-  """(where, record) with a non-empty string `instruction`, in file order."""
-  return [(w, _check_fields(w, o, ("instruction",), ("instruction",))) for w, o in iter_objects(path)]
+def read_instructions(path: epath.PathLike) -> Iterator[tuple[str, dict]]:
+  """(where, record) with a non-empty string `instruction`, in file order, streamed (JSONL) as read."""
+  return ((w, _check_fields(w, o, ("instruction",), ("instruction",))) for w, o in iter_objects(path))
 
 
 def read_outputs(path: epath.PathLike) -> list[tuple[str, dict]]:

@@ -48,7 +48,7 @@ def meets(score: float | int | None, k: float, method: str) -> bool:
 
 def encoder(method: str, tok, *, style: prompts.PromptStyle, tag_mode: str) -> Callable[[dict], Any]:
   """candidate -> what `score_encoded` needs for `method` (token ids); host work that the chunk engine runs
-  ahead of the device (hb_jax.data.chunked)."""
+  ahead of the device (hb_jax.jobs)."""
   tag = prompts.tag_for("seed", tag_mode, style) if tag_mode != "none" else ""
   if method == "generate":
     return lambda c: tok.encode(rater_prompt(c["instruction"], c["output"], style, tag), bos=True)

@@ -40,7 +40,7 @@ def main(argv) -> int:
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
   from hb_jax.config import ConfigError
   from hb_jax.parallel import DistributedConfig, initialize_distributed
-  from hb_jax.data import chunked
+  from hb_jax.jobs import Share
   from hb_jax.pipeline import runner, stages
   from hb_jax.pipeline.config import from_file_value
   from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
@@ -48,7 +48,7 @@ def main(argv) -> int:
   import jax
   initialize_distributed(DistributedConfig(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                            process_id=_PID.value))
-  share = chunked.Share(jax.process_index(), jax.process_count())
+  share = Share(jax.process_index(), jax.process_count())
   cd = _CONFIG.value
   try:
     cfg = from_file_value(cd, config_flags.get_config_filename(flags.FLAGS["config"]))

@@ -185,7 +185,7 @@ class RunResult:
 def run(cfg: PipelineConfig, workdir, *, only: str | None = None, restart_from: str | None = None,
         share=None) -> RunResult:
   """Runs the pipeline (or the stage `only`) in `workdir`; see the module docstring."""
-  from hb_jax.data.chunked import Share
+  from hb_jax.jobs import Share
   share = share or Share()
   workdir = epath.Path(workdir)
   if share.index == 0:

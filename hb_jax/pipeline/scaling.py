@@ -168,7 +168,7 @@ def generate_answers(ctx, model_dir: epath.Path, held: list[dict], tag_mode: str
   lm = api.load(model_dir, mesh=ctx.inference_mesh())
   out = out_dir / "heldout.jsonl"
   stages.heldout_answers(ctx, lm, held, tag_mode, out_dir / "parts", "heldout", out, model=_rel(ctx, model_dir),
-                         desc=f"scaling evaluate {model_dir.name}", barrier=f"scaling-eval-{model_dir.name}")
+                         desc=f"scaling evaluate {model_dir.name}")
   return list(records.read_jsonl(out)) if ctx.is_writer else []
 
 

@@ -13,7 +13,7 @@ atomically and returns {relative path: content hash} for the manifest.
   finetune     one model alone (launch with --stage=finetune)
 
 Bulk inference (augment, curate, evaluate) runs on every process, each on its share of the records with a
-model replica on its own devices (hb_jax.data.chunked); process 0 merges. Training runs on every process
+model replica on its own devices (a hb_jax.jobs.BulkJob); process 0 merges. Training runs on every process
 over the global mesh (hb_jax.train.finetune). Only process 0 writes merged files and the manifest.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from etils import epath
 
 from hb_jax import checkpoint
 from hb_jax.config import TrainConfig
+from hb_jax import jobs
 from hb_jax.data import prompts, records
-from hb_jax.data import chunked
 from hb_jax.pipeline import curation
 from hb_jax.pipeline.config import PipelineConfig
 from hb_jax.pipeline.manifest import Manifest, file_hash
@@ -41,7 +41,7 @@ class Context:
   cfg: PipelineConfig
   workdir: epath.Path
   manifest: Manifest
-  share: chunked.Share = chunked.Share()
+  share: jobs.Share = jobs.Share()
 
   def path(self, rel: str) -> epath.Path:
     return self.workdir / rel
@@ -111,13 +111,7 @@ def prepare(ctx: Context) -> dict[str, str]:
 def _unique_ids(path, required) -> Iterator[dict]:
   """Records of a user's JSONL; a repeated id is refused here, naming both lines, rather than after the
   backward model has trained (the bulk stages merge their outputs by id)."""
-  first_line: dict[str, int] = {}
-  for lineno, r in records.iter_jsonl(path, required):
-    if r["id"] in first_line:
-      raise records.RecordError(f"{path}:{lineno}: duplicate id {r['id']!r} (first on line {first_line[r['id']]}); "
-                                "ids name records, so each must be unique")
-    first_line[r["id"]] = lineno
-    yield r
+  return jobs.unique_ids((f"{path}:{lineno}", r) for lineno, r in records.iter_jsonl(path, required))
 
 
 def _prepare_files(ctx: Context) -> dict[str, str]:
@@ -285,7 +279,6 @@ def curated(ctx: Context, t: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- augment
 def augment(ctx: Context) -> dict[str, str]:
   a = ctx.cfg.augment
-  segments = list(records.read_segments(ctx.path("data/segments.jsonl")))
   lm = ctx.load("backward")
   tok, style = lm.tokenizer, ctx.style
   from hb_jax.config import SampleConfig
@@ -310,14 +303,11 @@ def augment(ctx: Context) -> dict[str, str]:
                                    segment_source=s["source"], generated_by=generated_by))
     return res
 
-  chunked.run(segments, ctx.path("augment/parts"), "candidates", fn, encode=encode, share=ctx.share,
-              chunk_records=a.chunk_records, desc="augment", progress=ctx.cfg.progress)
-  ctx.barrier("augment")
   out = ctx.path("augment/candidates.jsonl")
-  if ctx.is_writer:
-    chunked.merge(segments, ctx.path("augment/parts"), "candidates", out, "segment_id",
-               process_count=ctx.share.count, chunk_records=a.chunk_records)
-  ctx.barrier("augment-merged")
+  job = jobs.BulkJob(lambda: records.read_segments(ctx.path("data/segments.jsonl")), out,
+                     parts=ctx.path("augment/parts"), name="candidates", key="segment_id", share=ctx.share,
+                     chunk_records=a.chunk_records)
+  job.run(fn, encode=encode, barrier=ctx.barrier, desc="augment", progress=ctx.cfg.progress)
   return {"augment/candidates.jsonl": file_hash(out)}
 
 
@@ -350,14 +340,10 @@ def curate(ctx: Context, t: int) -> dict[str, str]:
               for x, s in zip(chunk, scores)]
 
     encode = curation.encoder(method, lm.tokenizer, style=ctx.style, tag_mode=ctx.train_tag_mode)
-    chunked.run(subset, ctx.path(f"{d}/parts"), method, fn, encode=encode, share=ctx.share,
-                chunk_records=c.chunk_records, desc=f"curate_{t} {method}", progress=ctx.cfg.progress)
-    ctx.barrier(f"curate-{t}-{method}")
     out = ctx.path(f"{d}/scores_{method}.jsonl")
-    if ctx.is_writer:
-      chunked.merge(subset, ctx.path(f"{d}/parts"), method, out, "candidate_id", process_count=ctx.share.count,
-                 chunk_records=c.chunk_records)
-    ctx.barrier(f"curate-{t}-{method}-merged")
+    job = jobs.BulkJob(subset, out, parts=ctx.path(f"{d}/parts"), name=method, key="candidate_id",
+                       share=ctx.share, chunk_records=c.chunk_records)
+    job.run(fn, encode=encode, barrier=ctx.barrier, desc=f"curate_{t} {method}", progress=ctx.cfg.progress)
     outs[f"{d}/scores_{method}.jsonl"] = file_hash(out)
   if ctx.is_writer:
     scored = [_strip(r) for r in records.read_jsonl(ctx.path(f"{d}/scores_{c.method}.jsonl"))]
@@ -414,7 +400,7 @@ def evaluate(ctx: Context) -> dict[str, str]:
     else:
       lm = ctx.load(name)
       heldout_answers(ctx, lm, held, model_tag_mode, ctx.path("evaluate/parts"), key, out, model=name,
-                      desc=f"evaluate {key}", barrier=f"evaluate-{key}")
+                      desc=f"evaluate {key}")
       del lm
       answered[(name, model_tag_mode)] = out
     outs[f"evaluate/{key}.jsonl"] = file_hash(out)
@@ -422,7 +408,7 @@ def evaluate(ctx: Context) -> dict[str, str]:
 
 
 def heldout_answers(ctx: Context, lm, held: list[dict], tag_mode: str, parts: epath.Path, name: str,
-                    out: epath.Path, *, model: str, desc: str, barrier: str) -> None:
+                    out: epath.Path, *, model: str, desc: str) -> None:
   """Greedy answers of `lm` to `held` (the forward prompt with `tag_mode`'s tag, the evaluate settings),
   sharded over processes and committed in chunks `parts/<name>-*`; process 0 merges them into `out`."""
   from hb_jax.config import SampleConfig
@@ -443,12 +429,8 @@ def heldout_answers(ctx: Context, lm, held: list[dict], tag_mode: str, parts: ep
     return [{"id": h["id"], "instruction": h["instruction"], "output": tok.decode(g).strip(), "model": model}
             for h, g in zip(chunk, gens)]
 
-  chunked.run(held, parts, name, fn, encode=encode, share=ctx.share, chunk_records=256, desc=desc,
-              progress=ctx.cfg.progress)
-  ctx.barrier(barrier)
-  if ctx.is_writer:
-    chunked.merge(held, parts, name, out, "id", process_count=ctx.share.count, chunk_records=256)
-  ctx.barrier(f"{barrier}-merged")
+  job = jobs.BulkJob(held, out, parts=parts, name=name, share=ctx.share, chunk_records=256)
+  job.run(fn, encode=encode, barrier=ctx.barrier, desc=desc, progress=ctx.cfg.progress)
 
 
 # ----------------------------------------------------------------------------------------------------- report

@@ -1,4 +1,4 @@
-"""Records: ids, strict/lenient readers, atomic writers, resumable append writer, shards."""
+"""Records: ids, strict/lenient readers, atomic writers."""
 import json
 
 import pytest
@@ -111,51 +111,3 @@ def test_atomic_writer_leaves_nothing_half_written(tmp_path):
   assert records.is_committed(path)
   records.write_json(tmp_path / "s.json", {"b": 1, "a": [1]})
   assert json.loads((tmp_path / "s.json").read_text()) == {"a": [1], "b": 1}
-
-
-def test_append_writer_resumes_and_drops_torn_tail(tmp_path):
-  path = tmp_path / "scores.jsonl"
-  with records.AppendJsonlWriter(path) as w:
-    assert w.done_ids == set()
-    w.write({"id": "a", "score": 4})
-    w.write({"id": "b", "score": 5})
-  with open(path, "ab") as f:
-    f.write(b'{"id": "c", "sco')              # the job died mid-line
-  w = records.AppendJsonlWriter(path)
-  assert w.done_ids == {"a", "b"} and w.stats.reasons["torn_tail"] == 1
-  w.write({"id": "c", "score": 1})
-  w.close()
-  assert [r["id"] for r in records.read_jsonl(path)] == ["a", "b", "c"]
-
-  with open(path, "ab") as f:
-    f.write(b'{"id": "d"}')                    # parseable, but no newline: still torn
-  assert records.AppendJsonlWriter(path).done_ids == {"a", "b", "c"}
-  assert path.read_bytes().endswith(b'"score":1}\n')
-
-
-def test_append_writer_rejects_corruption_before_the_tail(tmp_path):
-  path = tmp_path / "scores.jsonl"
-  path.write_bytes(b'{"id": "a"}\n{broken\n{"id": "b"}\n')
-  with pytest.raises(records.RecordError, match=f"{path}:2:"):
-    records.AppendJsonlWriter(path)
-
-
-def test_append_writer_rejects_object_stores():
-  with pytest.raises(ValueError, match="local path"):
-    records.AppendJsonlWriter("gs://bucket/x.jsonl")
-
-
-def test_shards_merge_in_order(tmp_path):
-  base = tmp_path / "cand.jsonl"
-  ids = [records.content_id(str(i)) for i in range(20)]
-  for index in range(3):
-    with records.ShardedAppendWriter(base, index, 3) as w:
-      for i in ids:
-        if w.owns(i):
-          w.write({"id": i})
-  assert records.shard_path(base, 1, 3).name == "cand.jsonl-00001-of-00003"
-  assert records.merge_shards(base, 3, order=ids) == 20
-  assert [r["id"] for r in records.read_jsonl(base)] == ids
-  records.shard_path(base, 2, 3).unlink()
-  with pytest.raises(FileNotFoundError, match="00002-of-00003"):
-    records.merge_shards(base, 3)

@@ -1,4 +1,4 @@
-"""Generation for evaluation: AlpacaEval output format, tags in the prompt, per-instruction seeds."""
+"""Generation for evaluation: AlpacaEval output format, tags in the prompt, per-instruction seeds, resume."""
 from __future__ import annotations
 
 import json
@@ -27,9 +27,17 @@ def test_prompt_carries_the_configured_tag():
     generate.GenerateConfig(tag="web search")
 
 
-def test_outputs_are_the_tagged_prompts_sampled_with_instruction_seeds(lm):
+def _answers(lm, tmp_path, instructions, config=CFG, name="ins"):
+  """(AlpacaEval records, summary) of generate.run on a JSONL of `instructions`."""
+  path = tmp_path / f"{name}.jsonl"
+  records.write_jsonl(path, [{"instruction": i} for i in instructions])
+  summary = generate.run(lm, path, tmp_path / f"{name}.json", config, progress=False)
+  return json.loads((tmp_path / f"{name}.json").read_text()), summary
+
+
+def test_outputs_are_the_tagged_prompts_sampled_with_instruction_seeds(lm, tmp_path):
   """The evaluator's answers equal `lm.generate` on the tagged prompt text with the instruction-hash seeds."""
-  outputs, stats = generate.generate_outputs(lm, [{"instruction": i} for i in INSTRUCTIONS], CFG)
+  outputs, stats = _answers(lm, tmp_path, INSTRUCTIONS)
   texts = [f"[INST] {i}\n\n{prompts.TAG_SEED} [/INST]" for i in INSTRUCTIONS]
   seeds = [generate.instruction_seed(i) for i in INSTRUCTIONS]
   want = lm.generate(texts, CFG.max_new_tokens, temperature=0.7, top_p=0.9, seed=seeds, config=CFG.sample_config())
@@ -40,18 +48,41 @@ def test_outputs_are_the_tagged_prompts_sampled_with_instruction_seeds(lm):
   assert len({o["output"] for o in outputs}) > 1
 
 
-def test_answers_do_not_depend_on_batch_mates_or_batch_size(lm):
-  first, _ = generate.generate_outputs(lm, [{"instruction": i} for i in INSTRUCTIONS], CFG)
+def test_answers_do_not_depend_on_batch_mates_or_batch_size(lm, tmp_path):
+  first, _ = _answers(lm, tmp_path, INSTRUCTIONS, name="first")
   by_ins = {o["instruction"]: o["output"] for o in first}
   # Reversed (every row in another slot, beside other rows) and alone (a batch of one).
-  rev, _ = generate.generate_outputs(lm, [{"instruction": i} for i in INSTRUCTIONS[::-1]], CFG)
-  alone, _ = generate.generate_outputs(lm, [{"instruction": INSTRUCTIONS[2]}], CFG)
+  rev, _ = _answers(lm, tmp_path, INSTRUCTIONS[::-1], name="rev")
+  alone, _ = _answers(lm, tmp_path, INSTRUCTIONS[2:3], name="alone")
   assert {o["instruction"]: o["output"] for o in rev} == by_ins
   assert alone[0]["output"] == by_ins[INSTRUCTIONS[2]]
   # The run seed changes the samples.
-  other, _ = generate.generate_outputs(lm, [{"instruction": i} for i in INSTRUCTIONS],
-                                       generate.GenerateConfig(tag="seed", batch=4, max_new_tokens=6, seed=1))
+  other, _ = _answers(lm, tmp_path, INSTRUCTIONS, generate.GenerateConfig(tag="seed", batch=4, max_new_tokens=6,
+                                                                         seed=1), name="other")
   assert [o["output"] for o in other] != [o["output"] for o in first]
+
+
+def test_a_rerun_resumes_from_the_committed_chunks(lm, tmp_path, monkeypatch):
+  """Answers are committed in chunks under <output>.parts/: a chunk lost to a kill is redone alone, and the
+  list comes out byte-identical with the same summary; other settings are another job's chunks."""
+  monkeypatch.setattr(generate, "CHUNK_RECORDS", 3)
+  src, out = tmp_path / "ins.jsonl", tmp_path / "out.json"
+  records.write_jsonl(src, [{"instruction": i} for i in INSTRUCTIONS + ["a fifth one", "name a river"]])
+  first = generate.run(lm, src, out, CFG, progress=False)
+  want = out.read_bytes()
+  parts = sorted((tmp_path / "out.json.parts").iterdir())
+  assert [p.name[:len("answers-p000of001-c000000")] for p in parts] == ["answers-p000of001-c000000",
+                                                                        "answers-p000of001-c000001"]
+  kept = parts[0].stat().st_mtime_ns
+  parts[1].unlink()
+  out.unlink()
+  again = generate.run(lm, src, out, CFG, progress=False)
+  assert out.read_bytes() == want and parts[1].exists() and parts[0].stat().st_mtime_ns == kept
+  assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+  answers = json.loads(want)
+  assert answers[5]["output"] == answers[1]["output"]  # a repeated instruction: the same answer
+  generate.run(lm, src, out, generate.GenerateConfig(tag="none", batch=4, max_new_tokens=6), progress=False)
+  assert len(list((tmp_path / "out.json.parts").iterdir())) == 4 and out.read_bytes() != want
 
 
 def test_file_formats_in_and_out(lm, tmp_path):
@@ -60,8 +91,8 @@ def test_file_formats_in_and_out(lm, tmp_path):
   alpaca = tmp_path / "eval.json"  # AlpacaEval's evaluation set: its reference `output` must not leak through
   alpaca.write_text(json.dumps([{"instruction": i, "output": "REFERENCE", "generator": "text_davinci_003",
                                  "dataset": "helpful_base"} for i in INSTRUCTIONS]))
-  s1 = generate.run(lm, jsonl, tmp_path / "out1.json", CFG, summary_path=tmp_path / "s1.json")
-  s2 = generate.run(lm, alpaca, tmp_path / "out2.json", CFG)
+  s1 = generate.run(lm, jsonl, tmp_path / "out1.json", CFG, summary_path=tmp_path / "s1.json", progress=False)
+  s2 = generate.run(lm, alpaca, tmp_path / "out2.json", CFG, progress=False)
   out1 = json.loads((tmp_path / "out1.json").read_text())
   out2 = json.loads((tmp_path / "out2.json").read_text())
   assert isinstance(out1, list) and len(out1) == len(INSTRUCTIONS)

@@ -1,5 +1,5 @@
-"""Fast tests of the pipeline's pure parts: config validation, manifest refusal, chunked bulk work with resume
-and sharded merge, curation rules, the demo world and its checker."""
+"""Fast tests of the pipeline's pure parts: config validation, manifest refusal, curation rules, the demo world
+and its checker (the bulk job's tests: tests/test_jobs.py)."""
 import collections
 import json
 import os
@@ -9,7 +9,6 @@ import pytest
 
 from hb_jax.config import ConfigError
 from hb_jax.data import records, synthetic
-from hb_jax.data import chunked
 from hb_jax.pipeline import curation
 from hb_jax.pipeline.config import from_config_dict, to_dict
 from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, diff_keys
@@ -110,49 +109,6 @@ def test_manifest_survives_preemption_mid_save_on_an_object_store(tmp_path, monk
   assert Manifest(tmp_path).stages == {}
 
 
-def _inputs(n):
-  return [records.make_segment(f"text number {i}", "t") for i in range(n)]
-
-
-def _fn(chunk):
-  return [{"id": r["id"] + "-out", "in": r["id"], "text": r["text"].upper()} for r in chunk]
-
-
-def test_bulk_resume_after_crash_is_byte_identical(tmp_path):
-  inputs = _inputs(23)
-  chunked.run(inputs, tmp_path / "a", "x", _fn, chunk_records=5, progress=False)
-  chunked.merge(inputs, tmp_path / "a", "x", tmp_path / "a.jsonl", "in", process_count=1, chunk_records=5)
-
-  calls = []
-
-  def crashing(chunk):
-    calls.append(len(chunk))
-    if len(calls) == 3:
-      raise KeyboardInterrupt("killed")
-    return _fn(chunk)
-
-  with pytest.raises(KeyboardInterrupt):
-    chunked.run(inputs, tmp_path / "b", "x", crashing, chunk_records=5, progress=False)
-  assert chunked.count_done(inputs, tmp_path / "b", "x", chunked.Share(), 5) == 2
-  with pytest.raises(FileNotFoundError, match="missing"):
-    chunked.merge(inputs, tmp_path / "b", "x", tmp_path / "b.jsonl", "in", process_count=1, chunk_records=5)
-  assert chunked.run(inputs, tmp_path / "b", "x", _fn, chunk_records=5, progress=False) == 3  # only what was left
-  chunked.merge(inputs, tmp_path / "b", "x", tmp_path / "b.jsonl", "in", process_count=1, chunk_records=5)
-  assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
-
-
-def test_bulk_shards_merge_to_single_process_result(tmp_path):
-  inputs = _inputs(31)
-  chunked.run(inputs, tmp_path / "one", "x", _fn, chunk_records=4, progress=False)
-  chunked.merge(inputs, tmp_path / "one", "x", tmp_path / "one.jsonl", "in", process_count=1, chunk_records=4)
-  for p in range(3):
-    chunked.run(inputs, tmp_path / "three", "x", _fn, share=chunked.Share(p, 3), chunk_records=4, progress=False)
-  chunked.merge(inputs, tmp_path / "three", "x", tmp_path / "three.jsonl", "in", process_count=3, chunk_records=4)
-  assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "three.jsonl").read_bytes()
-  shares = [len(sum(chunked.my_chunks(inputs, chunked.Share(p, 3), 4), [])) for p in range(3)]
-  assert sum(shares) == 31 and min(shares) > 0
-
-
 def test_curation_thresholds():
   assert curation.meets(5, 5, "generate") and not curation.meets(4, 5, "generate")
   assert curation.meets(4.5, 5, "digits") and not curation.meets(4.49, 5, "digits")
@@ -205,13 +161,6 @@ def test_world_pool_spans_families_and_seed_families_limits_the_seed():
   for layout in synthetic._QA_LAYOUTS + synthetic._AQ_LAYOUTS:
     rx = re.compile(re.escape(layout).replace(r"\{q\}", r"[A-Z][^\n]*?").replace(r"\{a\}", r"[^\n]+?"))
     assert any(rx.search(d) for d in docs), layout
-
-
-def test_bulk_refuses_duplicate_input_ids(tmp_path):
-  # Outputs are merged by input id: a repeated id would be written once per copy, squared.
-  inputs = [{"id": "a"}, {"id": "b"}, {"id": "a"}]
-  with pytest.raises(ValueError, match="input ids must be unique.*'a' 2 times"):
-    chunked.run(inputs, tmp_path / "p", "x", _fn, chunk_records=2, progress=False)
 
 
 def test_world_web_only_capitals_live_only_in_the_pool():
