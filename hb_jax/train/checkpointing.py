@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -32,9 +33,16 @@ from jax.experimental import multihost_utils
 STATE, DATA = "state", "data"
 
 
+def orbax_path(path) -> epath.Path:
+  """A path Orbax accepts: its tensorstore layer refuses relative ones ("Checkpoint path should be absolute"),
+  so a local path is made absolute against the current folder; an object-store URL already is."""
+  path = os.fspath(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 class TrainCheckpointer:
   def __init__(self, directory, *, save_every: int, keep: int, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    self.directory = orbax_path(directory)
     self.save_every = save_every
     # A save function, not save_interval_steps: with the latter Orbax also saves the first step of every
     # run (its InitialSavePolicy), a full write of params and optimizer state nobody asked for.

@@ -79,8 +79,11 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
   needs_tokenizer = any("prompt_tokens" not in r for r in records)
   if tokenize is None and needs_tokenizer:
     if tokenizer_file is None:
-      raise checkpoint.CheckpointError(f"{base_model_dir}: no tokenizer file ({checkpoint.TOKENIZER_FILES}) "
-                                       "to tokenize text records; pass tokenize= or pre-tokenised records")
+      raise checkpoint.CheckpointError(
+        f"{base_model_dir}: expected a tokenizer file ({' or '.join(checkpoint.TOKENIZER_FILES)}) to tokenize "
+        f"the text records of {train_jsonl}, found none; copy the base model's tokenizer into that folder "
+        "(tools/convert_llama.py does when the source has one), or give records with prompt_tokens and "
+        "response_tokens (from Python, tokenize= also works)")
     from hb_jax.tokenizer import load_tokenizer
     tokenize = pair_tokenizer(load_tokenizer(tokenizer_file), cfg.direction, cfg.tag_mode)
   examples = loader.tokenize_records(records, tokenize)
