@@ -14,7 +14,16 @@ near duplicates (MinHash over word 5-grams + banded LSH; first occurrence wins).
 Parallelism: the input is cut into work units (a file, or a range of TFDS records). Workers do all the
 per-segment work (parse, filter, langid, signatures); the parent keeps only the dedup index, so memory is
 that index (about 9 ints in sets per kept segment; `bench/corpus.py` measures bytes per segment) and the
-output order is the input order whatever the worker count.
+output order is the input order whatever the worker count. Workers are this machine's processes
+(runner 'local'), or an Apache Beam pipeline (runner 'beam', hb_jax/data/corpus_beam.py) whose per-unit
+results come back to the same dedup pass, so both runners write the same segments file.
+
+A folder or glob is walked for files of the known kinds; anything else there (images, scripts, stylesheets
+of a mirrored site) is skipped and counted (`files_skipped_unknown_type`). A `.json` file found that way is
+read as JSONL only if its first line is a record with a text or html field; a `.json` that is no corpus (a
+site's search index or settings, e.g. Sphinx's `_static/`) is skipped and counted (`files_skipped_json`),
+as the walk already skips the site's other files. A file named on the command line is always read, and a
+bad record in it is an error naming file:line.
 
 Libraries: selectolax (lexbor) for HTML, FastWARC for WARC, datasketch for MinHash, py3langid.
 """
@@ -71,6 +80,12 @@ _WS_RE = re.compile(r"\s+")
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _SPLIT_TOKENS_RE = re.compile(r"[^a-z]+")
 
+RUNNERS = ("local", "beam")
+
+
+class CorpusError(ValueError):
+  """A corpus job that cannot run as asked: an input of unknown kind, nothing kept, an unreadable page."""
+
 
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
@@ -116,6 +131,18 @@ def _is_boilerplate_node(node) -> bool:
   return any(t in BOILERPLATE_TOKENS for t in _SPLIT_TOKENS_RE.split(names) if t)
 
 
+# Permalink anchors that documentation generators put after a header or an API signature: Sphinx and MkDocs
+# `<a class="headerlink" href="#x">¶</a>`, Docusaurus `hash-link`, anchor.js, Hugo `#`. Any in-page link whose
+# text has no letter or digit is one (a symbol only); footnote references (`[1]`) keep their digits.
+PERMALINK_SELECTOR = "a.headerlink,a[href^='#']"
+
+
+def _is_permalink(node) -> bool:
+  if "headerlink" in (node.attributes.get("class") or "").split():
+    return True
+  return not any(c.isalnum() for c in node.text(deep=True))
+
+
 def looks_like_navigation(text: str, max_words: int) -> bool:
   low = _norm_ws(text).lower().strip(" :|>-»·•")
   if low in NAV_PHRASES:
@@ -141,6 +168,9 @@ def html_sections(html: str | bytes, config: CorpusConfig = CorpusConfig()) -> l
   if root is None:
     return []
   tree.strip_tags(DROP_TAGS)
+  for node in tree.css(PERMALINK_SELECTOR):
+    if _is_permalink(node):
+      node.decompose()
   for node in tree.css("[class],[id],[role],[aria-hidden],[hidden]"):
     if _is_boilerplate_node(node):
       node.decompose()
@@ -270,7 +300,7 @@ def parse_tfds_spec(spec: str) -> tuple[str, str]:
   if not sep or "/" in split or not name:
     name, split = body, "train"
   if not name:
-    raise ValueError(f"expected tfds:NAME[/CONFIG][:SPLIT], found {spec!r}")
+    raise CorpusError(f"expected tfds:NAME[/CONFIG][:SPLIT], found {spec!r}")
   return name, split
 
 
@@ -290,13 +320,48 @@ def _walk_files(directory: epath.Path) -> Iterator[str]:
       yield os.fspath(child)
 
 
-def plan_units(inputs: Sequence[str], config: CorpusConfig = CorpusConfig()) -> list[WorkUnit]:
+def _json_holds_records(path: str, config: CorpusConfig) -> bool:
+  """Whether a `.json` file is JSONL of corpus records: its first non-blank line (read up to 4 MiB) is an
+  object with a string text or html field. A JSON document spread over lines, or a one-line object of
+  other fields (a search index, a site's settings), is not."""
+  with records.open_bytes(path) as f:
+    for _ in range(16):
+      line = f.readline(1 << 22)
+      if not line:
+        return False
+      if line.strip():
+        break
+    else:
+      return False
+  try:
+    first = json.loads(line)
+  except (ValueError, UnicodeDecodeError):
+    return False
+  return isinstance(first, dict) and any(isinstance(first.get(k), str) for k in (config.text_field, config.html_field))
+
+
+def _corpus_files(found: Iterable[str], config: CorpusConfig, skipped: collections.Counter) -> list[str]:
+  """The files of a folder walk or a glob that are corpus files; the others counted by why (module docstring)."""
+  files = []
+  for f in found:
+    if not file_kind(f):
+      skipped["files_skipped_unknown_type"] += 1
+    elif _strip_compression(os.path.basename(f).lower()).endswith(".json") and not _json_holds_records(f, config):
+      skipped["files_skipped_json"] += 1
+    else:
+      files.append(f)
+  return files
+
+
+def plan_units(inputs: Sequence[str], config: CorpusConfig = CorpusConfig(),
+               skipped: collections.Counter | None = None) -> list[WorkUnit]:
   """Expands each input (file, folder, glob, tfds spec) into ordered work units.
 
-  A folder is walked recursively and a glob expanded, each in sorted order; files of unknown type in a
-  folder are skipped, a named file of unknown type is an error.
+  A folder is walked recursively and a glob expanded, each in sorted order; files there that are no corpus
+  are skipped and counted in `skipped` (module docstring); a named file of unknown type is an error.
   """
   units: list[WorkUnit] = []
+  skipped = skipped if skipped is not None else collections.Counter()
 
   def add(kind, path, **kw):
     units.append(WorkUnit(len(units), kind, path, **kw))
@@ -312,18 +377,20 @@ def plan_units(inputs: Sequence[str], config: CorpusConfig = CorpusConfig()) -> 
     if any(c in spec for c in "*?["):
       matches = sorted(str(p) for p in (globlib.glob(spec, recursive=True) if records.is_local(spec)
                                         else epath.Path("/").glob(spec)))
-      files = [m for m in matches if os.path.isfile(m) and file_kind(m)]
+      files = _corpus_files((m for m in matches if epath.Path(m).is_file()), config, skipped)
     elif path.is_dir():
-      files = sorted(f for f in _walk_files(path) if file_kind(f))
+      files = _corpus_files(sorted(_walk_files(path)), config, skipped)
     elif path.exists():
       if file_kind(spec) is None:
-        raise ValueError(f"{spec}: expected a file ending in one of {HTML_SUFFIXES + WARC_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES} "
+        raise CorpusError(f"{spec}: expected a file ending in one of {HTML_SUFFIXES + WARC_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES} "
                          f"(optionally .gz; WARC also .lz4), found {os.path.basename(spec)!r}")
       files = [spec]
     else:
       raise FileNotFoundError(f"expected a file, folder, glob or tfds:NAME:SPLIT, found nothing at {spec!r}")
     if not files:
-      raise FileNotFoundError(f"{spec}: expected at least one corpus file, found none")
+      kinds = ", ".join(HTML_SUFFIXES + WARC_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES)
+      raise FileNotFoundError(f"{spec}: expected at least one corpus file ({kinds}), found none "
+                              f"(skipped: {dict(skipped) or 'nothing'})")
     for f in files:
       add(file_kind(f), f)
   return units
@@ -390,7 +457,7 @@ def unit_documents(unit: WorkUnit, config: CorpusConfig, strict: bool, stats: re
   elif unit.kind == "tfds":
     yield from _tfds_documents(unit, config)
   else:
-    raise ValueError(f"unit {unit.index}: expected kind html|warc|jsonl|text|tfds, found {unit.kind!r}")
+    raise CorpusError(f"unit {unit.index}: expected kind html|warc|jsonl|text|tfds, found {unit.kind!r}")
 
 
 # ---------------------------------------------------------------- filters
@@ -559,7 +626,8 @@ def process_unit(unit: WorkUnit, config: CorpusConfig, strict: bool = True) -> t
         sections = [Section(None, 0, doc.content.strip())]
     except Exception as e:  # a page the parser cannot read is one lost page, never a lost job
       if strict:
-        raise ValueError(f"{unit.path} ({doc.url}): could not segment document: {e!r}") from e
+        raise CorpusError(f"{unit.path} ({doc.url}): could not segment document: {e!r} (--lenient skips and counts "
+                          "such pages)") from e
       counts["documents_failed"] += 1
       continue
     if not sections:
@@ -616,19 +684,33 @@ class CorpusStats:
     return "\n".join(f"{k:<{width}}  {v:>10,}" for k, v in d.items())
 
 
-def iter_segments(inputs: Sequence[str], config: CorpusConfig = CorpusConfig(), strict: bool = True,
-                  workers: int | None = None, stats: CorpusStats | None = None) -> Iterator[dict]:
-  """Streams kept segments in input order. Workers: None = every core; 1 = in this process.
+UnitResult = tuple[list[Candidate], dict]  # a unit's candidates in order, and its counts
 
-  Workers are started with `spawn` (never fork: the parent may hold JAX's threads) and given units in
-  order through imap, so at most a few units' candidates wait in memory.
+
+def iter_segments(inputs: Sequence[str], config: CorpusConfig = CorpusConfig(), strict: bool = True,
+                  workers: int | None = None, stats: CorpusStats | None = None, runner: str = "local",
+                  beam_args: Sequence[str] = (), scratch: epath.PathLike | None = None) -> Iterator[dict]:
+  """Streams kept segments in input order.
+
+  runner 'local': workers None = every core, 1 = in this process. They are started with `spawn` (never
+  fork: the parent may hold JAX's threads) and given units in order through imap, so at most a few units'
+  candidates wait in memory. runner 'beam': the units run on Apache Beam (`beam_args` are Beam's pipeline
+  options; hb_jax/data/corpus_beam.py), writing their results under `scratch` (a folder every Beam worker
+  can write; default a local temporary one), which are read back here in unit order. Either way the dedup
+  pass below sees the same candidates in the same order, so the output is the same.
   """
+  if runner not in RUNNERS:
+    raise CorpusError(f"expected runner in {RUNNERS}, found {runner!r}")
   stats = stats if stats is not None else CorpusStats()
-  units = plan_units(inputs, config)
+  start = time.perf_counter()
+  units = plan_units(inputs, config, skipped=stats.counts)
+  if runner == "beam":
+    from hb_jax.data import corpus_beam
+    stats.workers = 0  # Beam's to decide
+    yield from _dedup(corpus_beam.unit_results(units, config, strict, beam_args, scratch), config, stats, start)
+    return
   workers = min(workers or os.cpu_count() or 1, max(1, len(units)))
   stats.workers = workers
-  index = DedupIndex(Shingler(config).bands)
-  start = time.perf_counter()
   jobs = ((u, config, strict) for u in units)
   pool = None
   if workers > 1:
@@ -636,6 +718,17 @@ def iter_segments(inputs: Sequence[str], config: CorpusConfig = CorpusConfig(), 
     results = pool.imap(_process_unit_job, jobs, chunksize=1)
   else:
     results = map(_process_unit_job, jobs)
+  try:
+    yield from _dedup(results, config, stats, start)
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+
+
+def _dedup(results: Iterable[UnitResult], config: CorpusConfig, stats: CorpusStats, start: float) -> Iterator[dict]:
+  """Kept segments: candidates in input order through one DedupIndex (the first occurrence wins)."""
+  index = DedupIndex(Shingler(config).bands)
   try:
     for candidates, counts in results:
       stats.counts.update(counts)
@@ -647,9 +740,6 @@ def iter_segments(inputs: Sequence[str], config: CorpusConfig = CorpusConfig(), 
           stats.counts["kept"] += 1
           yield c.record
   finally:
-    if pool is not None:
-      pool.terminate()
-      pool.join()
     stats.seconds = time.perf_counter() - start
     stats.dedup_index_entries = len(index)
 
@@ -660,42 +750,26 @@ def stats_path(output: epath.PathLike) -> epath.Path:
 
 
 def prepare_corpus(inputs: Sequence[str], output: epath.PathLike, config: CorpusConfig = CorpusConfig(),
-                   strict: bool = True, workers: int | None = None) -> CorpusStats:
-  """Writes segments.jsonl atomically (nothing half-written on failure) and its stats JSON beside it."""
+                   strict: bool = True, workers: int | None = None, runner: str = "local",
+                   beam_args: Sequence[str] = ()) -> CorpusStats:
+  """Writes segments.jsonl atomically (nothing half-written on failure) and its stats JSON beside it.
+
+  runner 'beam' runs the per-unit work on Apache Beam (`beam_args`: its pipeline options, DirectRunner by
+  default); its scratch files go beside `output`, which distributed workers must reach (e.g. gs://)."""
   stats = CorpusStats()
+  output = epath.Path(output)
   with records.AtomicJsonlWriter(output) as w:
-    for seg in iter_segments(inputs, config, strict, workers, stats):
+    for seg in iter_segments(inputs, config, strict, workers, stats, runner, beam_args,
+                             scratch=output.parent / f".{output.name}.beam"):
       w.write(seg)
     if not stats.counts["kept"]:  # raised inside the writer: no empty segments.jsonl is committed
       counts = {k: v for k, v in stats.to_dict()["counts"].items() if v}
-      raise ValueError(f"{list(inputs)[:3]}: expected at least one segment, found none after the filters "
-                       f"(counts: {counts})")
+      raise CorpusError(f"{', '.join(list(inputs)[:3])}: expected at least one segment, found none after the "
+                        f"filters (counts: {counts}); see --min-chars, --max-chars, --lang")
   summary = stats.to_dict()
   summary["config"] = dataclasses.asdict(config)
   summary["inputs"] = list(inputs)
+  summary["runner"] = runner
   records.write_json(stats_path(output), summary)
   return stats
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-  d = CorpusConfig()
-  parser = argparse.ArgumentParser(description="web corpus (HTML, WARC, JSONL, text, TFDS) -> segments.jsonl")
-  parser.add_argument("--input", nargs="+", required=True, help="files, folders, globs, or tfds:NAME[/CONFIG][:SPLIT]")
-  parser.add_argument("--output", required=True)
-  parser.add_argument("--min-chars", type=int, default=d.min_chars)
-  parser.add_argument("--max-chars", type=int, default=d.max_chars)
-  parser.add_argument("--near-dup-threshold", type=float, default=d.near_dup_threshold)
-  parser.add_argument("--lang", default=d.lang)
-  parser.add_argument("--text-field", default=d.text_field)
-  parser.add_argument("--tfds-data-dir", default=None)
-  parser.add_argument("--workers", type=int, default=None, help="default: every core")
-  parser.add_argument("--lenient", action="store_true", help="skip and count bad records instead of failing")
-  args = parser.parse_args(argv)
-  config = dataclasses.replace(d, min_chars=args.min_chars, max_chars=args.max_chars,
-                               near_dup_threshold=args.near_dup_threshold, lang=args.lang,
-                               text_field=args.text_field, tfds_data_dir=args.tfds_data_dir)
-  stats = prepare_corpus(args.input, args.output, config, strict=not args.lenient, workers=args.workers)
-  print(stats.table())
-  print(json.dumps(stats.to_dict(), sort_keys=True), file=sys.stderr)
-  return 0

@@ -44,6 +44,19 @@ def test_html_sections_drop_boilerplate():
   assert corpus.html_sections(b"<h1>Caf\xe9</h1><p>x</p>".replace(b"<h1>", b'<meta charset="latin-1"><h1>'))[0].header == "Café"
 
 
+def test_html_sections_drop_permalink_anchors():
+  # Sphinx: a headerlink after the header and after an API signature (a <dt>, no header); MkDocs' and
+  # Hugo's symbol-only in-page links; a footnote reference keeps its digit, an ordinary in-page link its text.
+  html = """<body><h1>ast — Abstract Syntax Trees<a class="headerlink" href="#module-ast" title="Link to this heading">¶</a></h1>
+  <dl><dt class="sig sig-object py" id="ast.Name"><em>class</em> ast.Name(<em>id</em>, <em>ctx</em>)<a class="headerlink"
+  href="#ast.Name" title="Link to this definition">¶</a></dt><dd><p>A variable name.<a href="#fn1">1</a></p></dd></dl>
+  <h2>Node classes<a href="#node-classes">#</a></h2><p>See <a href="#ast.Name">Name</a> above. <a href="#top">↑</a></p></body>"""
+  got = corpus.html_sections(html)
+  assert [s.header for s in got] == ["ast — Abstract Syntax Trees", "Node classes"]
+  assert got[0].text == "class ast.Name(id, ctx)\nA variable name.1"
+  assert got[1].text == "See Name above."
+
+
 @pytest.mark.parametrize("header, problem", [
   ("How to grow tomatoes", None), ("FAQ", None), ("The USA in 1990", None),
   ("SHOP OUR DEALS NOW", "header_capitals"), ("Share this", "header_navigation"),
@@ -216,13 +229,40 @@ def test_tfds_data_source(tmp_path):
   assert [s["id"] for s in by_dir] == [s["id"] for s in by_name]
 
 
-def test_beam_pipeline_matches_streaming(tmp_path):
-  pytest.importorskip("apache_beam", reason="apache-beam is not installed (the `beam` extra; it does not resolve "
-                                            "against this repo's pinned protobuf 7 on Python 3.11)")
+def test_beam_runner_writes_the_local_runners_segments_file(tmp_path, monkeypatch):
+  pytest.importorskip("apache_beam", reason="apache-beam is not installed (the `beam` extra)")
+  from hb_jax import cli
   from hb_jax.data import corpus_beam
-  synthetic_web.write_corpus(tmp_path / "web", n_html=6, n_warc_files=0, pages_per_warc=0, seed=3)
-  streaming = list(corpus.iter_segments([str(tmp_path / "web")], workers=1))
-  out = tmp_path / "beam" / "segments"
-  corpus_beam.run([str(tmp_path / "web")], str(out), corpus.CorpusConfig(), runner="DirectRunner")
-  got = [json.loads(l) for p in sorted((tmp_path / "beam").glob("segments*")) for l in p.read_text().splitlines()]
-  assert sorted(s["id"] for s in got) == sorted(s["id"] for s in streaming)
+  assert corpus_beam.plan_batches(7, 3) == [(0, 3), (3, 6), (6, 7)] and corpus_beam.plan_batches(0) == []
+  monkeypatch.setattr(corpus_beam, "BATCHES", 3)  # several units per batch, and a short last batch
+  made = synthetic_web.write_corpus(tmp_path / "web", n_html=6, n_warc_files=1, pages_per_warc=6, seed=3)
+  web, local, beam = str(tmp_path / "web"), tmp_path / "local.jsonl", tmp_path / "beam.jsonl"
+  assert cli.prepare_corpus_main(["--input", web, "--output", str(local), "--workers", "1"]) == 0
+  assert cli.prepare_corpus_main(["--input", web, "--output", str(beam), "--runner=beam", "--",
+                                  "--runner=DirectRunner"]) == 0
+  assert beam.read_bytes() == local.read_bytes() and len(local.read_text().splitlines()) == made.good
+  counts = [json.loads((tmp_path / f"{n}.jsonl.stats.json").read_text())["counts"] for n in ("local", "beam")]
+  assert [{k: v for k, v in c.items() if k != "worker_cpu_ms"} for c in counts] == [
+    {k: v for k, v in counts[0].items() if k != "worker_cpu_ms"}] * 2
+  assert counts[0]["exact_duplicate"] + counts[0]["near_duplicate"] > 0   # the dedup pass had work to do
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["beam.jsonl", "beam.jsonl.stats.json", "local.jsonl",
+                                                        "local.jsonl.stats.json", "web"]  # no scratch left
+
+
+def test_folder_walk_skips_and_counts_files_that_are_no_corpus(tmp_path):
+  site = tmp_path / "site"  # a mirrored documentation site: pages, and its _static/ files
+  made = synthetic_web.write_corpus(site, n_html=3, n_warc_files=0, pages_per_warc=0, seed=4)
+  (site / "_static").mkdir()
+  options = site / "_static" / "documentation_options.json"
+  options.write_text('{\n  "VERSION": "3.12",\n  "LANGUAGE": "en"\n}\n')
+  (site / "_static" / "searchindex.json").write_text(json.dumps({"docnames": ["a"], "terms": {"x": 0}}) + "\n")
+  (site / "_static" / "theme.js").write_text("var x = 1;\n")
+  (site / "more.json").write_text(json.dumps({"text": _english(800, 30), "url": "u"}) + "\n")  # records: read
+  stats = corpus.CorpusStats()
+  segs = list(corpus.iter_segments([str(site)], workers=1, stats=stats))
+  assert stats.counts["files_skipped_json"] == 2 and stats.counts["files_skipped_unknown_type"] == 1
+  assert len(segs) == made.good + 1 and [s["url"] for s in segs].count("u") == 1
+  # Named on the command line, the same file is read as JSONL, and its first bad line is the error.
+  with pytest.raises(records.RecordError, match=rf"{options}:1: expected JSON, found Expecting property name "
+                                                r"enclosed in double quotes at column 2 \(the end of the line\)"):
+    list(corpus.iter_segments([str(options)], workers=1))
