@@ -1,13 +1,12 @@
 """Runs the Humpback pipeline: `python launch/run.py [--config=configs/X.py] [--workdir=DIR] [--stage=NAME]
-[--restart_from=NAME] [--config.a.b=value ...]`. The work is in hb_jax.pipeline (see launch.py there)."""
+[--restart_from=NAME] [--config.a.b=value ...] [--verbose]`. The flags are in hb_jax/pipeline/launch.py;
+hb_jax/cli.py parses them (a mistake in them, e.g. a config key that does not exist, is one line)."""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-
-from hb_jax.pipeline.launch import main  # noqa: E402
+from hb_jax.cli import run_main  # noqa: E402
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  sys.exit(run_main())

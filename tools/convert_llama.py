@@ -1,8 +1,12 @@
 #!/usr/bin/env python
-"""python tools/convert_llama.py --input DIR --output MODEL  (HF or Meta LLaMA -> hb_jax model folder)."""
+"""python tools/convert_llama.py --input DIR --output MODEL  (HF or Meta LLaMA -> hb_jax model folder).
+Flags and errors follow hb_jax/cli.py's convention: absl flags; a user's mistake is one line on stderr."""
+import os
 import sys
 
-from hb_jax.cli import convert_llama_main
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hb_jax.cli import convert_llama_main  # noqa: E402
 
 if __name__ == "__main__":
   sys.exit(convert_llama_main())

@@ -1,8 +1,12 @@
 #!/usr/bin/env python
-"""python tools/eval_generate.py --help  (see hb_jax/cli.py:eval_generate_main and README "Evaluation")."""
+"""python tools/eval_generate.py --help  (README "Evaluation").
+Flags and errors follow hb_jax/cli.py's convention: absl flags; a user's mistake is one line on stderr."""
+import os
 import sys
 
-from hb_jax.cli import eval_generate_main
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hb_jax.cli import eval_generate_main  # noqa: E402
 
 if __name__ == "__main__":
   sys.exit(eval_generate_main())

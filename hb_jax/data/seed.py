@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from etils import epath
 
@@ -158,10 +158,13 @@ def select_seed(path: epath.PathLike, max_pairs: int | None = DEFAULT_MAX, stric
                 stats: SeedStats | None = None) -> list[dict]:
   """Seed pairs (`id`, `instruction`, `output`, `source: "seed"`, provenance) from one export file."""
   stats = stats if stats is not None else SeedStats()
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"{path}: expected an oasst1 export (messages or trees JSONL, .gz ok) or a pairs "
+                            "JSONL, found no file")
   rows = records.iter_jsonl(path, strict=strict, stats=stats.read)
   first = next(rows, None)
   if first is None:
-    raise ValueError(f"{path}: expected oasst1 messages, trees or pairs, found no records")
+    raise records.RecordError(f"{path}: expected oasst1 messages, trees or pairs, found no records")
   try:
     stats.format = detect_format(first[1])
   except ValueError as e:
@@ -206,16 +209,3 @@ def stats_path(output_path: epath.PathLike) -> epath.Path:
   output_path = epath.Path(output_path)
   return output_path.parent / (output_path.name + ".stats.json")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-  import json
-  parser = argparse.ArgumentParser(description="oasst1 export (or instruction/output JSONL) -> seed.jsonl")
-  parser.add_argument("--input", required=True, help="oasst1 messages or trees JSONL (.gz ok), or pairs JSONL")
-  parser.add_argument("--output", required=True, help="seed.jsonl to write")
-  parser.add_argument("--max", type=int, default=DEFAULT_MAX, help="cap (deterministic; 0 = no cap)")
-  parser.add_argument("--lenient", action="store_true", help="skip and count bad lines instead of failing")
-  args = parser.parse_args(argv)
-  stats = prepare_seed(args.input, args.output, args.max or None, strict=not args.lenient)
-  print(json.dumps(stats.to_dict(), indent=2, sort_keys=True))
-  return 0

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from hb_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "demo.py")
@@ -32,6 +33,7 @@ _FT_DIR = flags.DEFINE_enum("finetune_direction", "forward", ["forward", "backwa
 _COORD = flags.DEFINE_string("coordinator_address", "", "multi-process: host:port of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", 0, "multi-process: number of processes")
 _PID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "show the traceback of a user's mistake too (it prints one line)")
 
 
 def main(argv) -> int:
@@ -53,8 +55,7 @@ def main(argv) -> int:
   try:
     cfg = from_file_value(cd, config_flags.get_config_filename(flags.FLAGS["config"]))
   except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.user_mistake(e, cli.USAGE, _VERBOSE.value)
   workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)  # Orbax wants absolute checkpoint paths
@@ -64,23 +65,17 @@ def main(argv) -> int:
       if not _FT_DATA.value:
         raise ValueError("--stage=finetune needs --finetune_data=PAIRS.jsonl (and optionally --finetune_output)")
       ctx = stages.Context(cfg, __import__("etils").epath.Path(workdir), Manifest(workdir, share.index == 0), share)
-      stages.finetune_one(ctx, _FT_DATA.value, _FT_OUT.value or "", _FT_DIR.value)
+      output = _FT_OUT.value or str(ctx.path("models/finetuned"))
+      stages.finetune_one(ctx, _FT_DATA.value, output, _FT_DIR.value)
+      if share.index == 0:
+        print(f"[hb_jax] finetune: wrote the model folder {output}; {time.time() - t0:.1f}s", flush=True)
     else:
       result = runner.run(cfg, workdir, only=_STAGE.value, restart_from=_RESTART.value, share=share)
       print(f"[hb_jax] {workdir}: ran {result.ran or 'nothing'}; skipped {result.skipped or 'nothing'}; "
             f"{time.time() - t0:.1f}s", flush=True)
-  except (StageConfigChanged, ValueError, RuntimeError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except (StageConfigChanged, ValueError, RuntimeError, FileNotFoundError) as e:  # the stages' user-facing errors
+    return cli.user_mistake(e, cli.FAILED, _VERBOSE.value)
   if share.index == 0 and os.path.exists(os.path.join(workdir, "report", "report.md")) and not _STAGE.value:
     print(f"[hb_jax] report: {os.path.join(workdir, 'report', 'report.md')}", flush=True)
   return 0
 
-
-def run(argv=None) -> int:
-  """Entry point for console scripts: parses flags and runs `main`."""
-  try:
-    app.run(lambda a: sys.exit(main(a)), argv=argv)
-  except SystemExit as e:
-    return int(e.code or 0)
-  return 0
