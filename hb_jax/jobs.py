@@ -32,6 +32,8 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import os
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
 
@@ -114,6 +116,17 @@ class Plan:
 class JobResult:
   computed: int   # chunks this call computed on this process (0: everything was committed already)
   complete: bool  # every process's chunks are committed (process 0 has written `out`)
+
+
+# A failpoint for preemption tests: HB_JAX_KILL_AFTER_COMMIT=<job name>:<chunk index> makes this process SIGKILL
+# itself right after committing that chunk of its share, a kill at a known point (a timed kill may land after
+# the run has finished, proving nothing).
+KILL_AFTER_COMMIT = "HB_JAX_KILL_AFTER_COMMIT"
+
+
+def _kill_if_asked(where: str) -> None:
+  if os.environ.get(KILL_AFTER_COMMIT) == where:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BulkJob:
@@ -225,6 +238,7 @@ class BulkJob:
         raise RuntimeError(f"BulkJob {self.name}: the input changed while the job ran (chunk {i} is now "
                            f"{path.name}, was {mine[i].path.name}); rerun it")
       records.write_jsonl(path, fn(chunk) if encode is None else fn(chunk, encoded))
+      _kill_if_asked(f"{self.name}:{i}")
       bar.update(len(chunk))
       if postfix is not None:
         bar.set_postfix(postfix())

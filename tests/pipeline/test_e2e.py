@@ -1,7 +1,7 @@
 """Slow end-to-end tests on configs/tiny.py through `launch/run.py` subprocesses:
   * every stage runs, the report and exports carry the contract's keys and provenance;
-  * a run killed with SIGKILL mid-way and rerun ends with byte-identical datasets;
-  * augment and curate on 2 processes x 4 CPU devices (gloo) give exactly the records of 1 process x 8."""
+  * a run killed with SIGKILL right after a chunk commits, twice, and rerun ends with byte-identical datasets;
+  * augment and curate on 2 processes x 4 CPU devices (gloo) give exactly the records of the shared run (1 x 2)."""
 import json
 import os
 import shutil
@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -35,11 +34,11 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _launch(workdir, *flags, devices=2, **popen):
+def _launch(workdir, *flags, devices=2, env_extra=None, **popen):
   cmd = [sys.executable, os.path.join(REPO, "launch/run.py"), f"--config={REPO}/configs/tiny.py",
          f"--workdir={workdir}", *flags]
-  return subprocess.Popen(cmd, env=_env(devices), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, **popen)
+  return subprocess.Popen(cmd, env={**_env(devices), **(env_extra or {})}, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def _run(workdir, *flags, devices=2, timeout=900):
@@ -86,17 +85,32 @@ def test_full_run_report_and_provenance(full_run):
   assert "ran nothing" in out
 
 
+def _after_seed(full_run, dest):
+  """A copy of the shared run with everything after `seed` forgotten: what a run has done when it reaches
+  augment."""
+  shutil.copytree(full_run, dest)
+  manifest = json.loads((dest / "manifest.json").read_text())
+  manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in ("prepare", "backward", "seed")}
+  (dest / "manifest.json").write_text(json.dumps(manifest))
+  for d in ("augment", "curate", "evaluate", "report", "models/m1", "models/m2", "models/no_curation", "work/train"):
+    shutil.rmtree(dest / d, ignore_errors=True)
+  return dest
+
+
 @pytest.mark.slow
 def test_kill9_then_rerun_gives_identical_datasets(full_run, tmp_path):
-  wd = tmp_path / "killed"
-  # Once early (pretraining/backward), once later (bulk stages or training). The programs are already in the
-  # session's compilation cache (full_run), so a whole run takes well under a minute here.
-  for delay in (20, 30):
-    p = _launch(wd, start_new_session=True)
-    time.sleep(delay)
-    if p.poll() is None:
-      os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+  """SIGKILL right after a chunk commits (the jobs failpoint), once in augment and once in curate_1's digits
+  pass; each killed run is shown unfinished at that point, and the run that finishes writes the shared run's
+  bytes."""
+  wd = _after_seed(full_run, tmp_path / "killed")
+  for kill_at, done_before, parts in (("candidates:0", "seed", "augment/parts"),
+                                      ("digits:1", "augment", "curate/iter1/parts")):
+    p = _launch(wd, env_extra={"HB_JAX_KILL_AFTER_COMMIT": kill_at})
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == -signal.SIGKILL, out[-4000:]
+    stages = json.loads((wd / "manifest.json").read_text())["stages"]
+    assert stages[done_before]["state"] == "done" and "report" not in stages, stages.keys()
+    assert (wd / parts).is_dir() and not (wd / "report").exists()
   _run(wd)
   for rel in DATASETS:
     assert (wd / rel).read_bytes() == (full_run / rel).read_bytes(), rel
@@ -112,14 +126,7 @@ def _free_port() -> int:
 def test_two_processes_match_one(full_run, tmp_path):
   """augment and curate_1 on 2 processes x 4 CPU devices (gloo) write exactly the records of the shared run on
   1 process x 2 devices: a record's output depends on its id and its chunk, not on who computes it."""
-  two = tmp_path / "two"
-  shutil.copytree(full_run, two)
-  manifest = json.loads((two / "manifest.json").read_text())
-  keep = ("prepare", "backward", "seed")
-  manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in keep}
-  (two / "manifest.json").write_text(json.dumps(manifest))
-  for d in ("augment", "curate", "evaluate", "report"):
-    shutil.rmtree(two / d, ignore_errors=True)
+  two = _after_seed(full_run, tmp_path / "two")
   for stage in ("augment", "curate_1"):
     port = _free_port()
     procs = [_launch(two, f"--stage={stage}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
