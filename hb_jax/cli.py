@@ -14,7 +14,6 @@ answer at once.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -241,9 +240,6 @@ def _check_config_file() -> None:
                      f"{path!r}") from None
 
 
-_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
-
-
 def _launcher_flag_mistake(err: Exception, argv: Sequence[str], verbose: bool) -> int:
   """One line for a mistake in the launcher's flags (absl's, or a `--config.a.b=` key that does not exist,
   which ml_collections raises as a KeyError or AttributeError); anything else is re-raised."""
@@ -257,13 +253,16 @@ def _launcher_flag_mistake(err: Exception, argv: Sequence[str], verbose: bool) -
     return user_mistake(UsageError(text), USAGE, verbose)
   frames = traceback.extract_tb(err.__traceback__)
   if isinstance(err, (KeyError, AttributeError)) and frames and "ml_collections" in frames[-1].filename:
-    message = str(err)  # nested reprs: '\'trian\'\nDid you mean "train" instead of "trian"?'
-    hint = _DID_YOU_MEAN.search(message)
-    key = hint.group(2) if hint else re.sub(r"[^A-Za-z0-9_-]+", " ", message).split()[0]
-    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
-                 and key in a.split("=", 1)[0].split(".")), "--config")
-    return user_mistake(UsageError(f"{flag}: the config has no key {key!r}"
-                                   + (f"; did you mean {hint.group(1)!r}?" if hint else "")), USAGE, verbose)
+    # A --config.a.b= key the config lacks: the config layer names it (nearest key, or what replaced it).
+    from hb_jax.config import ConfigError, check_key
+    from hb_jax.pipeline.config import PipelineConfig
+    for arg in argv:
+      if arg.startswith("--config."):
+        try:
+          check_key(PipelineConfig, arg.split("=", 1)[0][len("--config."):], where="--config")
+        except ConfigError as e:
+          return user_mistake(UsageError(str(e)), USAGE, verbose)
+    return user_mistake(UsageError(one_line(err)), USAGE, verbose)
   raise err
 
 

@@ -254,15 +254,6 @@ class SamplingConfig:
       raise ConfigError(f"sampling.max_new_tokens must be positive, found {self.max_new_tokens}")
 
 
-# Keys a config may still carry from an earlier layout: (dataclass, old key) -> the key that replaced it,
-# relative to the same section. A config file or override that uses one is refused naming the new key.
-RENAMED: dict[tuple[str, str], str] = {
-    ("TrainConfig", "mesh_data"): "mesh.data",
-    ("TrainConfig", "mesh_fsdp"): "mesh.fsdp",
-    ("TrainConfig", "mesh_tensor"): "mesh.tensor",
-}
-
-
 def _check_value(value: Any, hint: Any, where: str) -> Any:
   """`value` as the field type `hint` wants it (ints accepted for floats, lists for tuples), else a ConfigError
   naming `where`. Only the shapes our dataclasses use are understood: scalars, X | None, tuple[X, ...]."""
@@ -322,7 +313,7 @@ def build(cls, data: Mapping[str, Any] | None, where: str):
   kwargs = {}
   for key, value in data.items():
     if key not in fields:
-      new = RENAMED.get((cls.__name__, key))
+      new = getattr(cls, "RENAMED", {}).get(key)
       if new is not None:
         raise ConfigError(f"{where}.{key} was renamed: set {where}.{new} instead")
       near = difflib.get_close_matches(key, list(fields), n=1)
@@ -357,7 +348,7 @@ def check_key(cls, dotted: str, where: str = "config") -> None:
       raise ConfigError(f"{path} is a value, not a section: {where}.{dotted} names no key")
     fields = {f.name for f in dataclasses.fields(node) if f.init}
     if part not in fields:
-      new = RENAMED.get((node.__name__, part))
+      new = getattr(node, "RENAMED", {}).get(part)
       if new is not None:
         raise ConfigError(f"{path}.{part} was renamed: set {path}.{new} instead")
       near = difflib.get_close_matches(part, sorted(fields), n=1)
@@ -416,10 +407,6 @@ class SampleConfig:
   bulk_chunk_records: int = 1024  # bulk generation plans and commits this many input records at a time
   score_batch: int = 16
   score_block: int = 128  # scoring projects to the vocabulary this many positions at a time
-  # Generation runs the layers as an unrolled loop over per-layer weights and KV buffers, sliced once per
-  # decode call: a scanned loop slices (copies) every layer's weights and cache rows on every step, which
-  # dominated the decode step on CPU. False: the scan (compile time independent of depth).
-  unroll_layers: bool = True
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -480,6 +467,10 @@ class TrainConfig:
   remat: str = ""  # '' keeps the model's; none | full | dots
   loss_chunk: int = 0  # 0 keeps the model's; N > 0: head + loss N positions at a time (ModelConfig.loss_chunk)
   mesh: MeshConfig = MeshConfig()  # the training mesh (data, fsdp, tensor); FSDP over all devices by default
+  # Keys of an earlier layout -> the key that replaced them in this section: a config that still uses one
+  # is refused naming the new key, and manifests recorded with it read in today's layout.
+  RENAMED: typing.ClassVar[dict[str, str]] = {"mesh_data": "mesh.data", "mesh_fsdp": "mesh.fsdp",
+                                               "mesh_tensor": "mesh.tensor"}
   checkpoint_every: int = 100  # steps; a checkpoint is also written at the end and on SIGTERM
   keep_checkpoints: int = 2
   async_checkpointing: bool = True

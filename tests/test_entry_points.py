@@ -36,9 +36,12 @@ def _cases(tmp: pathlib.Path) -> list[tuple[str, list[str], int, list[str]]]:
   tiny = str(REPO / "configs" / "tiny.py")
   run = [sys.executable, str(REPO / "launch" / "run.py")]
   return [
-    ("launch: config key typo", [*run, "--config.trian.seed=1"], 2, ["--config.trian.seed", "'trian'", "'train'"]),
+    ("launch: config key typo", [*run, "--config.trian.seed=1"], 2, ["--config.trian: unknown key",
+                                                                      "did you mean --config.train?"]),
     ("launch: field typo", [*run, f"--config={tiny}", "--config.train.seeed=1"], 2,
-     ["--config.train.seeed", "'seeed'", "'seed'"]),
+     ["--config.train.seeed: unknown key", "did you mean --config.train.seed?"]),
+    ("launch: renamed key", [*run, f"--config={tiny}", "--config.train.mesh_tensor=2"], 2,
+     ["--config.train.mesh_tensor was renamed: set --config.train.mesh.tensor instead"]),
     ("launch: config file", [*run, "--config=configs/tny.py"], 2, ["--config=configs/tny.py", "no file"]),
     ("launch: finetune data", [*run, f"--config={tiny}", "--stage=finetune", f"--workdir={tmp / 'w'}"], 1,
      ["--finetune_data"]),

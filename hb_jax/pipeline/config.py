@@ -11,7 +11,7 @@ manifest; `upgrade_recorded` reads a manifest entry written under an earlier key
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from hb_jax.config import (ConfigError, MeshConfig, SamplingConfig, TrainConfig, build, check_key, to_config_dict,
                            to_plain)
@@ -20,6 +20,11 @@ from hb_jax.eval.scaling import LOG_BASES, PAPER_SIZES
 
 CURATION_METHODS = ("generate", "digits", "likelihood")
 HEADERS = ("paper", "compact")
+
+
+# Decoding keys that stages held flat before they held a SamplingConfig (see `upgrade_recorded`).
+_SAMPLING_MOVED = {"temperature": "sampling.temperature", "top_p": "sampling.top_p",
+                   "max_new_tokens": "sampling.max_new_tokens", "seed": "sampling.seed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,7 @@ class AugmentConfig:
   sampling: SamplingConfig = SamplingConfig(max_new_tokens=128)  # the paper's nucleus sampling
   batch: int = 32
   chunk_records: int = 256  # work is committed in chunks of this many input records (resume granularity)
+  RENAMED: ClassVar[dict[str, str]] = _SAMPLING_MOVED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +88,7 @@ class CurateConfig:
   batch: int = 16
   chunk_records: int = 256
   header: str = "paper"  # paper: Table 1 verbatim; compact: the demo's short rubric
+  RENAMED: ClassVar[dict[str, str]] = _SAMPLING_MOVED
 
   def __post_init__(self):
     object.__setattr__(self, "compare", tuple(self.compare))
@@ -112,6 +119,7 @@ class EvaluateConfig:
   # Held-out answers: greedy by default, so a model's answers are one fixed set per tag setting.
   sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=128)
   batch: int = 32
+  RENAMED: ClassVar[dict[str, str]] = {"max_new_tokens": "sampling.max_new_tokens"}
   tag_mode: str = "both"  # the paper's best inference setting; 'none' when trained without tags
   max_items: int = 0  # 0: all held-out items
 
@@ -238,18 +246,12 @@ def from_file_value(cd, spec: str) -> PipelineConfig:
 to_dict = to_plain  # plain nested dict (tuples as lists) for hashing and the manifest
 
 
-# Keys of finished stages' recorded configs that an earlier layout kept elsewhere, per kind of section: old
-# key -> today's dotted key inside the same section. `upgrade_recorded` moves them and adds the fields that did
-# not exist then, with the values that reproduce the old behaviour, so a workdir finished before the change
-# resumes with no stage redone.
-_MOVED_SAMPLING = {"temperature": "sampling.temperature", "top_p": "sampling.top_p",
-                   "max_new_tokens": "sampling.max_new_tokens", "seed": "sampling.seed"}
-_MOVED = {
-    "augment": _MOVED_SAMPLING,
-    "curate": _MOVED_SAMPLING,
-    "evaluate": {"max_new_tokens": "sampling.max_new_tokens"},
-    "train": {"mesh_data": "mesh.data", "mesh_fsdp": "mesh.fsdp", "mesh_tensor": "mesh.tensor"},
-}
+# Finished stages' recorded configs may use keys an earlier layout kept elsewhere: each section's class says
+# which (its RENAMED table: old key -> today's dotted key in the same section). `upgrade_recorded` moves them
+# and adds the fields that did not exist then, with the values that reproduce the old behaviour, so a
+# workdir finished before the change resumes with no stage redone.
+_MOVED = {"augment": AugmentConfig.RENAMED, "curate": CurateConfig.RENAMED, "evaluate": EvaluateConfig.RENAMED,
+          "train": TrainConfig.RENAMED}
 _ADDED = {
     "augment": {"sampling.top_k": 0},
     "curate": {"sampling.top_k": 0},
