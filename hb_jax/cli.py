@@ -381,9 +381,10 @@ def eval_generate_main(argv: Sequence[str] | None = None) -> int:
     from hb_jax import api
     from hb_jax.eval import generate
     logging.basicConfig(level=logging.WARNING)
-    cfg = generate.GenerateConfig(tag=fv.tag, temperature=fv.temperature, top_p=fv.top_p,
-                                  max_new_tokens=fv.max_new_tokens, batch=fv.batch, seed=fv.seed,
-                                  generator=fv.generator)
+    from hb_jax.config import SamplingConfig
+    sampling = SamplingConfig(temperature=fv.temperature, top_p=fv.top_p, max_new_tokens=fv.max_new_tokens,
+                              seed=fv.seed)
+    cfg = generate.GenerateConfig(tag=fv.tag, sampling=sampling, batch=fv.batch, generator=fv.generator)
     _print_summary(generate.run(api.load(fv.model), fv.input, fv.output, cfg, max_items=fv.max_items,
                                 summary_path=fv.summary))
     return 0

@@ -26,7 +26,7 @@ import time
 from etils import epath
 
 from hb_jax import jobs
-from hb_jax.config import SampleConfig
+from hb_jax.config import SampleConfig, SamplingConfig
 from hb_jax.data import prompts
 from hb_jax.eval import io
 from hb_jax.sample import plan
@@ -45,25 +45,21 @@ class GenerateConfig:
   for models trained on tagged seed + augmented data). `batch` is the sampler's largest batch (a power of
   two). `generator` names the model in the output (default: the model folder's name)."""
   tag: str = "none"
-  temperature: float = 0.7
-  top_p: float = 0.9
-  max_new_tokens: int = 512
+  sampling: SamplingConfig = SamplingConfig()  # the paper's: temperature 0.7, top-p 0.9
   batch: int = 32
-  seed: int = 0
   generator: str = ""
   style: prompts.PromptStyle = prompts.DEFAULT_STYLE
 
   def __post_init__(self):
     if self.tag not in TAGS:
       raise io.EvalError(f"generate: expected tag in {TAGS}, found {self.tag!r}")
-    if self.max_new_tokens <= 0:
-      raise io.EvalError(f"generate: max_new_tokens must be positive, found {self.max_new_tokens}")
 
   def sample_config(self) -> SampleConfig:
     # prefix_min_tokens off: the shared prefix is computed over the whole call, so reusing it would make a
     # row depend on which other instructions share the file. The run seed is left out: rows get explicit
     # seeds, and the model keeps one sampling engine (compiled programs) per config.
-    return SampleConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+    sp = self.sampling
+    return SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
                         max_batch=self.batch, prefix_min_tokens=1 << 30)
 
 
@@ -104,16 +100,17 @@ def run(lm, input_path: epath.PathLike, output_path: epath.PathLike, config: Gen
     if len(ids) >= limit:
       raise io.EvalError(f"{item['_where']}: the instruction ({item['instruction'][:60]!r}...) is {len(ids)} tokens "
                          f"as a prompt, at or over the model's {limit} positions")
-    if len(ids) + config.max_new_tokens > limit and not warned:
+    if len(ids) + config.sampling.max_new_tokens > limit and not warned:
       warned.append(item["_where"])
       log.warning("generate: %s: the prompt (%d tokens) + max_new_tokens %d exceeds the model's %d positions; "
                   "answers that run that long go past the trained range", item["_where"], len(ids),
-                  config.max_new_tokens, limit)
+                  config.sampling.max_new_tokens, limit)
     return ids
 
   def answer(chunk: list[dict], prompt_ids: list[list[int]]) -> list[dict]:
-    gens = lm.generate(prompt_ids, config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                       seed=[instruction_seed(it["instruction"], config.seed) for it in chunk],
+    sp = config.sampling
+    gens = lm.generate(prompt_ids, sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+                       seed=[instruction_seed(it["instruction"], sp.seed) for it in chunk],
                        config=config.sample_config())
     return [{"id": it["id"], "instruction": it["instruction"], "output": tok.decode(g).strip(),
              "generator": generator, **({"dataset": it["dataset"]} if "dataset" in it else {}), "tokens": len(g)}
@@ -145,12 +142,12 @@ def run(lm, input_path: epath.PathLike, output_path: epath.PathLike, config: Gen
     "tag": config.tag,
     "tag_text": tag_text(config.tag, config.style),
     "prompt_example": eval_prompt(answered[0]["instruction"], config) if answered else "",
-    "temperature": config.temperature,
-    "top_p": config.top_p,
-    "max_new_tokens": config.max_new_tokens,
-    "seed": config.seed,
+    "temperature": config.sampling.temperature,
+    "top_p": config.sampling.top_p,
+    "max_new_tokens": config.sampling.max_new_tokens,
+    "seed": config.sampling.seed,
     # EOS is excluded from the returned tokens, so a row of exactly max_new_tokens never emitted it.
-    "hit_max_new_tokens": sum(n >= config.max_new_tokens for n in lengths),
+    "hit_max_new_tokens": sum(n >= config.sampling.max_new_tokens for n in lengths),
     "mean_output_tokens": sum(lengths) / len(lengths) if lengths else 0.0,
     "generated_tokens": sum(lengths),
     "seconds": round(time.time() - start, 3),

@@ -5,12 +5,13 @@ import json
 
 import pytest
 
+from hb_jax.config import SamplingConfig
 from hb_jax.data import prompts, records
 from hb_jax.eval import generate, io
 
 INSTRUCTIONS = ["what capital city", "name a river", "four plus five", "which is long"]
 # Small and fixed: every call below runs on the same sampler programs (batch 4, or batch 1 for one row).
-CFG = generate.GenerateConfig(tag="seed", batch=4, max_new_tokens=6)
+CFG = generate.GenerateConfig(tag="seed", batch=4, sampling=SamplingConfig(max_new_tokens=6))
 
 
 def test_prompt_carries_the_configured_tag():
@@ -40,10 +41,10 @@ def test_outputs_are_the_tagged_prompts_sampled_with_instruction_seeds(lm, tmp_p
   outputs, stats = _answers(lm, tmp_path, INSTRUCTIONS)
   texts = [f"[INST] {i}\n\n{prompts.TAG_SEED} [/INST]" for i in INSTRUCTIONS]
   seeds = [generate.instruction_seed(i) for i in INSTRUCTIONS]
-  want = lm.generate(texts, CFG.max_new_tokens, temperature=0.7, top_p=0.9, seed=seeds, config=CFG.sample_config())
+  want = lm.generate(texts, CFG.sampling.max_new_tokens, temperature=0.7, top_p=0.9, seed=seeds, config=CFG.sample_config())
   assert [o["output"] for o in outputs] == [w.strip() for w in want]
   assert stats["prompt_example"] == texts[0] and stats["tag_text"] == prompts.TAG_SEED
-  assert stats["items"] == 4 and 0 < stats["generated_tokens"] <= 4 * CFG.max_new_tokens
+  assert stats["items"] == 4 and 0 < stats["generated_tokens"] <= 4 * CFG.sampling.max_new_tokens
   # A random model's answers differ between instructions; identical ones would hint at a shared key.
   assert len({o["output"] for o in outputs}) > 1
 
@@ -57,8 +58,8 @@ def test_answers_do_not_depend_on_batch_mates_or_batch_size(lm, tmp_path):
   assert {o["instruction"]: o["output"] for o in rev} == by_ins
   assert alone[0]["output"] == by_ins[INSTRUCTIONS[2]]
   # The run seed changes the samples.
-  other, _ = _answers(lm, tmp_path, INSTRUCTIONS, generate.GenerateConfig(tag="seed", batch=4, max_new_tokens=6,
-                                                                         seed=1), name="other")
+  other, _ = _answers(lm, tmp_path, INSTRUCTIONS, generate.GenerateConfig(
+      tag="seed", batch=4, sampling=SamplingConfig(max_new_tokens=6, seed=1)), name="other")
   assert [o["output"] for o in other] != [o["output"] for o in first]
 
 
@@ -81,7 +82,8 @@ def test_a_rerun_resumes_from_the_committed_chunks(lm, tmp_path, monkeypatch):
   assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
   answers = json.loads(want)
   assert answers[5]["output"] == answers[1]["output"]  # a repeated instruction: the same answer
-  generate.run(lm, src, out, generate.GenerateConfig(tag="none", batch=4, max_new_tokens=6), progress=False)
+  cfg = generate.GenerateConfig(tag="none", batch=4, sampling=SamplingConfig(max_new_tokens=6))
+  generate.run(lm, src, out, cfg, progress=False)
   assert len(list((tmp_path / "out.json.parts").iterdir())) == 4 and out.read_bytes() != want
 
 
