@@ -1,4 +1,6 @@
-"""Model folders: `model.json` + `params/` (an Orbax PyTree checkpoint) + the tokenizer file, if any.
+"""Model folders: `model.json` + `params/` (an Orbax PyTree checkpoint) + the tokenizer file, if any, with
+the tokenizer's settings and generation defaults beside it under their Hugging Face names
+(`tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`, ...: SETTINGS_FILES).
 
 `model.json` is written last and is the folder's commit marker: a folder without it is incomplete and is
 refused by `load`, so a crash mid-write never leaves something that looks like a model. This works the same
@@ -25,6 +27,10 @@ from hb_jax.parallel import Rules, SERVE_RULES, abstract_params
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+# What travels with the tokenizer file (special tokens, add_bos_token, chat template, generation defaults),
+# read by hb_jax.tokenizer and written back by export; a folder may hold none of them.
+SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+                  "generation_config.json")
 
 
 class CheckpointError(RuntimeError):
@@ -52,9 +58,12 @@ def _pure(params: Any) -> Any:
   return params
 
 
-def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=None,
+def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=None, settings_files=None,
                       extra_json: dict[str, Any] | None = None, overwrite: bool = False) -> epath.Path:
   """Writes a model folder. `params` is an nnx.State or a nested dict of (numpy or jax) arrays.
+
+  `settings_files`: paths named like SETTINGS_FILES copied beside the tokenizer; default: those that sit
+  beside `tokenizer_file` (a finetuned model keeps its base's chat template and special tokens).
 
   Refuses to write into an existing model folder unless `overwrite`; a stale incomplete folder (no
   model.json) is cleared first. model.json is written only after params/ has been committed.
@@ -81,12 +90,21 @@ def save_model_folder(path, cfg: ModelConfig, params: Any, *, tokenizer_file=Non
   meta = cfg.to_dict()
   if extra_json:
     meta["extra"] = extra_json
+  if settings_files is None:
+    settings = settings_paths(src.parent) if src is not None else []
+  else:
+    settings = [epath.Path(f) for f in settings_files]
+  unknown = [f.name for f in settings if f.name not in SETTINGS_FILES]
+  if unknown:
+    raise CheckpointError(f"{path}: settings files must be named one of {SETTINGS_FILES}, found {unknown}")
   if writer:
-    for name in TOKENIZER_FILES:  # a tokenizer left from the model this one replaces would be loaded with it
-      if (src is None or name != src.name) and (path / name).exists():
+    keep = {f.name for f in settings} | ({src.name} if src is not None else set())
+    for name in TOKENIZER_FILES + SETTINGS_FILES:  # left from the model this one replaces: would load with it
+      if name not in keep and (path / name).exists():
         (path / name).unlink()
-    if src is not None and not _same_file(src, path / src.name):
-      src.copy(path / src.name, overwrite=True)
+    for f in ([src] if src is not None else []) + settings:
+      if not _same_file(f, path / f.name):
+        f.copy(path / f.name, overwrite=True)
     (path / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
   _sync(f"save_model_folder:done:{path}")  # no process goes on to read a folder not yet committed
   return path
@@ -111,6 +129,12 @@ def tokenizer_path(path) -> epath.Path | None:
     if (path / name).exists():
       return path / name
   return None
+
+
+def settings_paths(folder) -> list[epath.Path]:
+  """The SETTINGS_FILES present in `folder` (a model folder, or a Hugging Face folder)."""
+  folder = epath.Path(folder)
+  return [folder / name for name in SETTINGS_FILES if (folder / name).exists()]
 
 
 def restore_params(path, cfg: ModelConfig, mesh: Mesh, rules: Rules = SERVE_RULES) -> dict[str, Any]:

@@ -372,3 +372,39 @@ def test_malformed_extra_eos_ids_in_model_json_are_named(tmp_path):
     (ours / "model.json").write_text(json.dumps({**meta, "extra_eos_ids": value}))
     with pytest.raises(ConfigError, match=rf"ours/model.json: model.extra_eos_ids.*{message}"):
       api.load(ours)
+
+
+def test_tokenizer_settings_travel_both_ways(tmp_path):
+  """tokenizer_config.json, chat_template.jinja and generation_config.json's defaults go HF -> hb_jax -> HF;
+  a replaced model's settings files do not linger."""
+  import tokenizers
+  from tokenizers.models import WordLevel
+  from transformers import AutoTokenizer, GenerationConfig
+
+  _, hf_dir = make_hf_llama(tmp_path)
+  vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4}
+  tokenizers.Tokenizer(WordLevel(vocab, unk_token="[UNK]")).save(str(hf_dir / "tokenizer.json"))
+  template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+  (hf_dir / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True,
+       "chat_template": "an older template"}))
+  (hf_dir / "chat_template.jinja").write_text(template)
+  gen = json.loads((hf_dir / "generation_config.json").read_text())
+  (hf_dir / "generation_config.json").write_text(json.dumps({**gen, "do_sample": True, "temperature": 0.6}))
+  ours = convert_hf(hf_dir, tmp_path / "ours")
+  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    assert (ours / name).read_bytes() == (hf_dir / name).read_bytes(), name
+  tok = api.load(ours).tokenizer
+  assert tok.chat_template == template and tok.add_bos
+  assert tok.apply_chat_template([{"role": "user", "content": "a"}]) == "<user>a</s>"
+  export_hf(ours, tmp_path / "back")
+  back = tmp_path / "back"
+  assert (back / "chat_template.jinja").read_text() == template
+  assert AutoTokenizer.from_pretrained(back).chat_template == template
+  gen_back = GenerationConfig.from_pretrained(back)
+  assert (gen_back.temperature, gen_back.do_sample, gen_back.eos_token_id) == (0.6, True, 2)
+  # Replaced by a model without a chat template file: the old file must not be loaded with the new model.
+  (hf_dir / "chat_template.jinja").unlink()
+  convert(hf_dir, ours, overwrite=True)
+  assert not (ours / "chat_template.jinja").exists()
+  assert api.load(ours).tokenizer.chat_template == "an older template"

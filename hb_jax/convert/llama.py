@@ -150,12 +150,23 @@ def hf_tensors_from_params(params: dict, cfg: ModelConfig, dtype=None) -> Iterat
 
 
 def convert(input_dir, output_dir, *, param_dtype: str = "float32", overwrite: bool = False) -> ModelConfig:
-  """HF or Meta LLaMA folder -> hb_jax model folder. A bad input fails before output_dir is touched (with
-  overwrite, the model already there stays); a failure while writing leaves no loadable half-folder."""
+  """HF or Meta LLaMA folder, or GGUF file -> hb_jax model folder, with the tokenizer and its settings
+  (tokenizer_config.json, chat template, generation_config.json). A bad input fails before output_dir is
+  touched (with overwrite, the model already there stays); a failure while writing leaves no loadable
+  half-folder."""
   output_dir = epath.Path(output_dir)
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
     raise ConversionError(f"{output_dir}: output exists and is not empty (pass --overwrite)")
   source = open_source(input_dir)
+  try:
+    _convert_source(source, input_dir, output_dir, param_dtype, overwrite)
+  finally:
+    source.close()  # a GGUF source removes the tokenizer files it rebuilt
+  return dataclasses.replace(source.config, param_dtype=param_dtype)
+
+
+def _convert_source(source: TensorSource, input_dir, output_dir: epath.Path, param_dtype: str,
+                    overwrite: bool) -> None:
   cfg = dataclasses.replace(source.config, param_dtype=param_dtype)
   import jax
 
@@ -163,10 +174,10 @@ def convert(input_dir, output_dir, *, param_dtype: str = "float32", overwrite: b
   # the output folder is touched, so a failed --overwrite leaves the model that was there.
   params = params_from_source(source, cfg, dtype=np.dtype(param_dtype) if param_dtype != "bfloat16"
                               else _bf16(), place=jax.device_put)
-  source.close()
   created = not output_dir.exists()
   try:
     checkpoint.save_model_folder(output_dir, cfg, params, tokenizer_file=source.tokenizer_file,
+                                 settings_files=source.settings_files,
                                  extra_json={"converted_from": str(input_dir),
                                              "source_dtype": getattr(source, "torch_dtype", None)},
                                  overwrite=overwrite)
@@ -177,7 +188,20 @@ def convert(input_dir, output_dir, *, param_dtype: str = "float32", overwrite: b
       for name in (checkpoint.MODEL_JSON, checkpoint.PARAMS_DIR):
         checkpoint.remove_tree(output_dir / name)
     raise
-  return cfg
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def _generation_config(model_dir: epath.Path, cfg: ModelConfig) -> dict:
+  """The model folder's generation defaults (sampling settings of a chat model, ...) with the end ids of
+  model.json, which generation stops at: the model's ids win over a stale copy."""
+  path = model_dir / GENERATION_CONFIG
+  out = json.loads(path.read_text()) if path.exists() else {}
+  if not isinstance(out, dict):
+    raise ConversionError(f"{path}: expected a JSON object, found {type(out).__name__}")
+  out.update(bos_token_id=cfg.bos_id, eos_token_id=hf_eos_token_id(cfg))
+  return out
 
 
 def _bf16():
@@ -188,7 +212,8 @@ def _bf16():
 
 def export_hf(model_dir, output_dir, *, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
               overwrite: bool = False) -> None:
-  """hb_jax model folder -> HF folder (config.json + safetensors, sharded with an index when large)."""
+  """hb_jax model folder -> HF folder (config.json + safetensors, sharded with an index when large), with
+  the tokenizer, its settings and the generation defaults."""
   from safetensors.numpy import save_file
 
   from hb_jax.parallel import single_device_mesh
@@ -223,11 +248,13 @@ def export_hf(model_dir, output_dir, *, dtype: str = "float32", max_shard_bytes:
       (tmp / "model.safetensors.index.json").write_text(
           json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(json.dumps(hf_config_from_model(cfg, dtype), indent=2))
-    (tmp / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": cfg.bos_id, "eos_token_id": hf_eos_token_id(cfg)}, indent=2))
     tok = checkpoint.tokenizer_path(model_dir)
     if tok is not None:
       tok.copy(tmp / tok.name)
+    for f in checkpoint.settings_paths(model_dir):
+      if f.name != GENERATION_CONFIG:
+        f.copy(tmp / f.name)
+    (tmp / GENERATION_CONFIG).write_text(json.dumps(_generation_config(model_dir, cfg), indent=2))
     if output_dir.exists():
       checkpoint.remove_tree(output_dir)
     tmp.rename(output_dir)

@@ -4,7 +4,10 @@
 imports torch. `MetaSource` reads Meta's `consolidated.NN.pth` model-parallel shards (torch, mmap,
 `weights_only=True`), merges each tensor along its parallel axis and permutes wq/wk from Meta's interleaved
 RoPE layout to HF's rotate-half layout, then presents the result under HF names, so one mapping to
-hb_jax params serves both.
+hb_jax params serves both. `GGUFSource` (hb_jax/convert/gguf_source.py) does the same for llama.cpp's GGUF files.
+
+Each source also names the tokenizer file and its settings files (tokenizer_config.json, chat template,
+generation_config.json) that the model folder keeps.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Protocol
 import numpy as np
 from etils import epath
 
+from hb_jax.checkpoint import settings_paths
 from hb_jax.config import ConfigError, ModelConfig
 from hb_jax.convert.hf_config import model_config_from_hf, model_config_from_meta
 
@@ -31,6 +35,7 @@ class TensorSource(Protocol):
   where: str
   config: ModelConfig
   tokenizer_file: epath.Path | None
+  settings_files: list[epath.Path]  # named like checkpoint.SETTINGS_FILES
 
   def names(self) -> list[str]: ...
   def shape(self, name: str) -> tuple[int, ...]: ...
@@ -96,6 +101,7 @@ class HFSource:
                                        generation_where=str(gen_path), **config_overrides)
     self.torch_dtype = hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32"
     self.tokenizer_file = _tokenizer_in(self.folder)
+    self.settings_files = settings_paths(self.folder)
     index = self.folder / "model.safetensors.index.json"
     if index.exists():
       weight_map = _read_json_object(index).get("weight_map")
@@ -243,6 +249,7 @@ class MetaSource:
       raise ConversionError(f"{self.folder}: tok_embeddings.weight width "
                             f"{self.shape('model.embed_tokens.weight')[1]} != params.json dim {dim}")
     self.tokenizer_file = _tokenizer_in(self.folder) or _tokenizer_in(self.folder.parent)
+    self.settings_files = settings_paths(self.tokenizer_file.parent) if self.tokenizer_file else []
     self.torch_dtype = "bfloat16"
 
   def _axis(self, meta_key: str, axis) -> int | None:
@@ -282,11 +289,28 @@ class MetaSource:
     self._shards.clear()
 
 
-def open_source(folder, **config_overrides) -> TensorSource:
-  """Detects the checkpoint format of `folder` (HF config.json or Meta params.json) and opens it."""
-  folder = epath.Path(folder)
-  if not folder.is_dir():
-    raise ConversionError(f"{folder}: input is not a folder")
+def is_gguf_file(path: epath.Path) -> bool:
+  """Whether `path` is a GGUF file (llama.cpp's format: the file starts with the magic b'GGUF')."""
+  if not path.is_file():
+    return False
+  with path.open("rb") as f:
+    return f.read(4) == b"GGUF"
+
+
+def open_source(path, **config_overrides) -> TensorSource:
+  """Detects the checkpoint format of `path` (a HF folder with config.json, a Meta folder with params.json,
+  or a GGUF file) and opens it."""
+  path = epath.Path(path)
+  if path.is_file() and is_gguf_file(path):
+    if config_overrides:
+      raise ConversionError(f"{path}: config overrides are only supported for HF folders")
+    from hb_jax.convert.gguf_source import GGUFSource
+    return GGUFSource(path)
+  if not path.is_dir():
+    what = "does not exist" if not path.exists() else "is a file but not a GGUF file (no 'GGUF' magic)"
+    raise ConversionError(f"{path}: input is not a folder and {what}; expected a Hugging Face or Meta folder "
+                          "or a .gguf file")
+  folder = path
   if (folder / "config.json").exists():
     return HFSource(folder, **config_overrides)
   if (folder / "params.json").exists():
@@ -294,4 +318,4 @@ def open_source(folder, **config_overrides) -> TensorSource:
       raise ConversionError(f"{folder}: config overrides are only supported for HF folders")
     return MetaSource(folder)
   raise ConversionError(f"{folder}: unknown checkpoint format: expected config.json (Hugging Face) or "
-                        "params.json + consolidated.NN.pth (Meta)")
+                        "params.json + consolidated.NN.pth (Meta), or a .gguf file")

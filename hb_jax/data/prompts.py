@@ -1,8 +1,9 @@
 """Every prompt template of the method, and the parser for self-curation ratings.
 
 Training, generation and scoring all build their text here, so a template changes in one place.
-Templates produce text only; BOS/EOS are token ids the caller adds (BOS starts every sequence, EOS ends
-every training target).
+Templates produce text only; BOS/EOS are token ids the caller adds (BOS starts every sequence as the
+tokenizer's settings say, EOS ends every training target). An instruct model's own chat template can replace
+the `[INST]` wrapper (`chat_style`).
 
   forward   `[INST] {instruction}\\n\\n{tag} [/INST]`  ->  ` {output}` + EOS
   backward  `[INST] <follow-up paper's prompt around {output}> [/INST]`  ->  ` {instruction}` + EOS
@@ -13,7 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 TAG_SEED = "Answer in the style of an AI Assistant."
 TAG_AUGMENTED = "Answer with knowledge from web search."
@@ -66,6 +67,10 @@ class PromptStyle:
 
   `chat` must hold `{prompt}` once. `tag_separator` goes between the instruction and its tag.
   `answer_prefix` starts every target and generation (the space after `[/INST]`).
+  A style built from a model's chat template (`from_chat_template`, `chat_style`) wraps each prompt by
+  rendering it as the one user message of a conversation with the assistant's turn opened, as transformers'
+  `apply_chat_template(..., add_generation_prompt=True)` does (with any default system prompt the template
+  injects); `chat` is then unused and `answer_prefix` is empty.
   """
   chat: str = "[INST] {prompt} [/INST]"
   tag_separator: str = "\n\n"
@@ -74,15 +79,36 @@ class PromptStyle:
   augmented_tag: str = TAG_AUGMENTED
   backward_prompt: str = BACKWARD_PROMPT
   curation_header: str = CURATION_PROMPT_HEADER
+  chat_template: str = ""
+  # The special tokens the template reads (bos_token, eos_token, ...), as sorted (name, text) pairs.
+  template_tokens: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
-    if self.chat.count("{prompt}") != 1:
+    if not self.chat_template and self.chat.count("{prompt}") != 1:
       raise ValueError(f"PromptStyle.chat: expected exactly one '{{prompt}}', found {self.chat!r}")
     if self.backward_prompt.count("{response}") != 1:
       raise ValueError(
         f"PromptStyle.backward_prompt: expected exactly one '{{response}}', found {self.backward_prompt!r}")
+    if self.chat_template:
+      probe = "\x00prompt\x00"
+      if self.wrap(probe).count(probe) != 1:
+        raise ValueError("PromptStyle.chat_template: expected the template to write the user's message once, "
+                         f"found it {self.wrap(probe).count(probe)} times in {self.wrap(probe)!r}")
+
+  @classmethod
+  def from_chat_template(cls, template: str, special_tokens: Mapping[str, str] | None = None,
+                         **overrides) -> "PromptStyle":
+    """A style whose wrapper is a model's Jinja chat template (tags and prompts as the paper's)."""
+    fields = dict(chat_template=template, template_tokens=tuple(sorted((special_tokens or {}).items())),
+                  answer_prefix="")
+    fields.update(overrides)
+    return cls(**fields)
 
   def wrap(self, prompt: str) -> str:
+    if self.chat_template:
+      from hb_jax.data import chat_template
+      return chat_template.render(self.chat_template, [{"role": "user", "content": prompt}],
+                                  add_generation_prompt=True, **dict(self.template_tokens))
     # str.replace, not str.format: the template may be user-supplied and hold other braces.
     return self.chat.replace("{prompt}", prompt)
 
@@ -90,6 +116,14 @@ class PromptStyle:
 DEFAULT_STYLE = PromptStyle()
 # The bare format of the paper's AlpacaEval configs, for baselines trained without tags.
 NO_TAG_STYLE = PromptStyle(seed_tag="", augmented_tag="")
+
+
+def chat_style(tokenizer: Any, **overrides) -> PromptStyle:
+  """The style of a model's own chat template (an instruct model as base, rater or judge), or the paper's
+  `[INST]` style when its tokenizer has no template (base LLaMA models)."""
+  if getattr(tokenizer, "chat_template", None):
+    return PromptStyle.from_chat_template(tokenizer.chat_template, tokenizer.special_tokens, **overrides)
+  return dataclasses.replace(DEFAULT_STYLE, **overrides)
 
 TAG_MODES = ("source", "seed", "augmented", "both", "none")
 

@@ -72,6 +72,25 @@ def test_prompt_style_is_configurable_and_brace_safe():
     prompts.PromptStyle(chat="no placeholder")
 
 
+def test_prompt_style_from_a_chat_template():
+  """A model's Jinja chat template as the wrapper, rendered as transformers does (trim_blocks: the newline
+  after a block tag goes); it must write the user's message exactly once."""
+  template = ("{% if messages[0]['role'] != 'system' %}<sys>{{ default_system }}</sys>\n{% endif %}"
+              "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+              "{% if add_generation_prompt %}<assistant>{% endif %}")
+  style = prompts.PromptStyle.from_chat_template(template, {"eos_token": "</s>", "default_system": "Be brief."})
+  assert prompts.forward_prompt("Hi {x}", prompts.TAG_SEED, style) == \
+      f"<sys>Be brief.</sys>\n<user>Hi {{x}}\n\n{prompts.TAG_SEED}</s>\n<assistant>"
+  assert prompts.forward_target("Hello.", style) == "Hello."
+  assert style == prompts.PromptStyle.from_chat_template(template, {"default_system": "Be brief.", "eos_token": "</s>"})
+  with pytest.raises(ValueError, match="expected the template to write the user's message once, found it 0"):
+    prompts.PromptStyle.from_chat_template("{% for m in messages %}<{{ m['role'] }}>{% endfor %}")
+  with pytest.raises(ValueError, match="chat template line 1"):
+    prompts.PromptStyle.from_chat_template("{% for m in messages %}")
+  with pytest.raises(ValueError, match="chat template: no system turn"):
+    prompts.PromptStyle.from_chat_template("{{ raise_exception('no system turn') }}")
+
+
 @pytest.mark.parametrize("text, expected", [
   ("The answer is clear and complete.\nScore: 4", 4),
   ("Reasoning...\n**Score:** 5", 5),

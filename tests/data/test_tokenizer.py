@@ -88,23 +88,75 @@ def bpe_dir(corpus, tmp_path_factory):
   return out
 
 
+def _settings(folder, config=None, model_ids=None):
+  """Writes (or removes) tokenizer_config.json and a model.json holding only ids beside a tokenizer."""
+  for name, value in (("tokenizer_config.json", config), ("model.json", model_ids)):
+    if value is None:
+      (folder / name).unlink(missing_ok=True)
+    else:
+      (folder / name).write_text(json.dumps(value))
+
+
 def test_hf_json_backend(bpe_dir):
+  _settings(bpe_dir, {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": True})
   tok = tk.load_tokenizer(bpe_dir)
   assert isinstance(tok, tk.HFJsonTokenizer) and tok.file_name == "tokenizer.json"
   assert tok.id_to_piece(tok.bos_id) == "<|begin_of_text|>" and tok.id_to_piece(tok.eos_id) == "<|end_of_text|>"
   ids = tok.encode("the fox", bos=True, eos=True)
   assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
   assert tok.decode(ids) == "the fox"
+  # A text that starts with BOS itself (a chat template writing it) does not get a second one.
+  assert tok.encode("<|begin_of_text|>the fox", bos=True) == ids[:-1]
   text = "Zürich 東京 🙂 fox"
   assert tok.decode(tok.encode(text)) == text
   q = prompts.rating_query(tok, "Name a fox.", "The fox.")
   assert len(set(q.digit_ids)) == 5
   # tokenizer_config.json beside the file decides the EOS (LLaMA-3 instruct uses <|eot_id|>).
-  (bpe_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|eot_id|>"}))
+  _settings(bpe_dir, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
+  assert tk.load_tokenizer(bpe_dir).id_to_piece(tk.load_tokenizer(bpe_dir).eos_id) == "<|eot_id|>"
+  _settings(bpe_dir)
+
+
+def test_hf_json_ids_come_from_the_settings_never_from_token_names(bpe_dir):
+  """BOS/EOS: tokenizer_config.json's names, else model.json's ids; a vocabulary holding <|begin_of_text|>
+  is no reason to use it. BOS is added as add_bos_token says, else as the file's post-processor does."""
   try:
-    assert tk.load_tokenizer(bpe_dir).id_to_piece(tk.load_tokenizer(bpe_dir).eos_id) == "<|eot_id|>"
+    with pytest.raises(ValueError, match="no bos_token: expected bos_token in tokenizer_config.json or bos_id in "
+                                         "model.json"):
+      tk.load_tokenizer(bpe_dir)
+    _settings(bpe_dir, model_ids={"bos_id": 2, "eos_id": 1})  # a folder converted before the settings were kept
+    tok = tk.load_tokenizer(bpe_dir)
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (2, 1, False)  # this file's post-processor adds nothing
+    assert tok.encode("the fox", bos=True) == tok.encode("the fox")
+    _settings(bpe_dir, {"add_bos_token": True}, model_ids={"bos_id": 2, "eos_id": 1})
+    assert tk.load_tokenizer(bpe_dir).encode("the fox", bos=True)[0] == 2
+    _settings(bpe_dir, {"bos_token": "<nope>"}, model_ids={"bos_id": 2, "eos_id": 1})
+    with pytest.raises(ValueError, match="names bos_token '<nope>', which is not in the vocabulary"):
+      tk.load_tokenizer(bpe_dir)
+    _settings(bpe_dir, model_ids={"bos_id": 10**6, "eos_id": 1})
+    with pytest.raises(ValueError, match="model.json bos_id must be a token id below"):
+      tk.load_tokenizer(bpe_dir)
   finally:
-    (bpe_dir / "tokenizer_config.json").unlink()
+    _settings(bpe_dir)
+
+
+def test_sentencepiece_add_bos_token_and_chat_template(spm_dir, tmp_path):
+  import shutil
+
+  folder = tmp_path / "chat"
+  shutil.copytree(spm_dir, folder)
+  template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}" \
+             "{% if add_generation_prompt %}<assistant>{% endif %}"
+  (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False, "chat_template": "x"}))
+  (folder / "chat_template.jinja").write_text(template)  # the separate file wins, as in transformers
+  tok = tk.load_tokenizer(folder)
+  assert tok.add_bos is False and tok.encode("the fox", bos=True) == tok.encode("the fox")
+  assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "<user>hi</s><assistant>"
+  style = prompts.chat_style(tok)
+  assert prompts.forward_prompt("hi", "", style) == "<user>hi</s><assistant>"
+  assert prompts.chat_style(tk.load_tokenizer(spm_dir)) == prompts.DEFAULT_STYLE
+  with pytest.raises(ValueError, match="has no chat template"):
+    tk.load_tokenizer(spm_dir).apply_chat_template([{"role": "user", "content": "hi"}])
 
 
 def test_sentencepiece_trains_from_an_object_store(corpus, tmp_path, monkeypatch):
