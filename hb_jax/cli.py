@@ -157,8 +157,8 @@ DTYPES = ["float32", "bfloat16", "float16"]
 def convert_llama_main(argv: Sequence[str] | None = None) -> int:
   """`hb-convert-llama` / tools/convert_llama.py."""
   fv = flags.FlagValues()
-  _define(fv, "string", "input", None, "HF folder (config.json + safetensors) or Meta folder (params.json + "
-          "consolidated.NN.pth); the format is detected")
+  _define(fv, "string", "input", None, "HF folder (config.json + safetensors), Meta folder (params.json + "
+          "consolidated.NN.pth) or llama.cpp GGUF file; the format is detected")
   _define(fv, "string", "output", None, "model folder to write (local path or object-store URL)")
   _define(fv, "enum", "param_dtype", "float32", "dtype of the stored params", enum_values=DTYPES)
   _define(fv, "bool", "overwrite", False, "replace a model folder already at --output")
@@ -172,8 +172,8 @@ def convert_llama_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
   return run_command(fv, argv, body, required=("input", "output"),
-                     doc="Convert a Hugging Face or Meta LLaMA folder to an hb_jax model folder (model.json + "
-                         "Orbax params/ + tokenizer).")
+                     doc="Convert a Hugging Face or Meta LLaMA folder or a GGUF file to an hb_jax model folder "
+                         "(model.json + Orbax params/ + tokenizer and its settings).")
 
 
 
