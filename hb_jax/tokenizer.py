@@ -160,7 +160,8 @@ class HFJsonTokenizer(Tokenizer):
 
   def _post_processor_adds_bos(self) -> bool:
     with_specials = self._tok.encode("a", add_special_tokens=True).ids
-    return with_specials[:1] == [self.bos_id] and len(with_specials) > len(self._tok.encode("a", add_special_tokens=False).ids)
+    plain = self._tok.encode("a", add_special_tokens=False).ids
+    return with_specials[:1] == [self.bos_id] and len(with_specials) > len(plain)
 
   def _encode(self, text: str) -> list[int]:
     # Specials are added by encode(bos=, eos=), never by the post-processor, as for sentencepiece.

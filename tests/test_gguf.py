@@ -29,8 +29,8 @@ TINY_Q = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_k
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 # Digits, and a number that is not an ASCII digit: '½' (\p{N}) shares its first UTF-8 byte with the symbols
-# £ § © ® ± µ ¶ °, so BPE learns 'Ġ'+'Â' before 'Â'+'½'. Where a space meets '½', llama.cpp's 'smollm' splitting
-# (\p{N} first: 'Ġ','Â½') and GPT-2's (' ½' one word: 'ĠÂ','½') differ.
+# £ § © ® ± µ ¶ °, so BPE learns 'Ġ'+'Â' before 'Â'+'½'. Where a space meets '½', llama.cpp's 'smollm'
+# splitting (\p{N} first: 'Ġ','Â½') and GPT-2's (' ½' one word: 'ĠÂ','½') differ.
 WORDS = ("the quick brown fox jumps over a lazy dog while an assistant answers each question about web search "
          "results with care 2023 1999 3.14 Zürich £ § © ® ± µ ¶ ° ½ ½").split()
 
