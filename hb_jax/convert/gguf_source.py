@@ -2,15 +2,14 @@
 
 Read with the `gguf` package (llama.cpp's own Python reader), which memory-maps the file: each tensor is
 dequantized (F16, BF16, Q4_0 ... Q8_0, K-quants, IQ-quants: whatever `gguf.dequantize` implements) only when
-it is asked for, so peak memory stays the converted weights plus one tensor. llama.cpp's converter permutes
-the rows of attn_q / attn_k from HF's rotate-half RoPE layout to the interleaved one GGML computes in
-(`LlamaModel.permute` in convert_hf_to_gguf.py, the same permutation as Meta's checkpoints); it is undone
-here. The metadata (`llama.*` keys) becomes a ModelConfig; the vocabulary becomes tokenizer files
-(hb_jax/convert/gguf_tokenizer.py). No torch on this path.
+it is asked for, so conversion holds the converted weights plus a tensor in flight, as for the other formats.
+llama.cpp's converter permutes the rows of attn_q / attn_k from HF's rotate-half RoPE layout to the
+interleaved one GGML computes in (`LlamaModel.permute` in convert_hf_to_gguf.py, the same permutation as
+Meta's checkpoints); it is undone here. The metadata (`llama.*` keys) becomes a ModelConfig; the vocabulary
+becomes tokenizer files (hb_jax/convert/gguf_tokenizer.py). No torch on this path.
 """
 from __future__ import annotations
 
-import logging
 import math
 import re
 import shutil
@@ -21,8 +20,6 @@ from etils import epath
 
 from hb_jax.config import ConfigError, ModelConfig, RopeScaling
 from hb_jax.convert.sources import ConversionError, interleaved_to_rotate_half
-
-log = logging.getLogger(__name__)
 
 # GGUF tensor name -> HF name (per layer: 'blk.{i}.X' -> 'model.layers.{i}.Y').
 _TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -40,6 +37,7 @@ _UNSUPPORTED_KEYS = ("expert_count", "attention.sliding_window", "attention.logi
 
 
 def read_gguf(path):
+  """A memory-mapped gguf.GGUFReader, or a ConversionError naming the file."""
   import gguf
 
   try:
@@ -51,10 +49,7 @@ def read_gguf(path):
 def field_value(reader, key: str, default=None):
   """A metadata value as Python (str, int, float, bool, or a list of them), or `default` when absent."""
   field = reader.fields.get(key)
-  if field is None:
-    return default
-  value = field.contents()
-  return value
+  return default if field is None else field.contents()
 
 
 class GGUFSource:

@@ -20,6 +20,7 @@ import struct
 from etils import epath
 
 from hb_jax.config import ModelConfig
+from hb_jax.convert.gguf_source import field_value as _field
 from hb_jax.convert.sources import ConversionError
 
 # llama.cpp token types (llama_token_type), the same numbering as sentencepiece's piece types.
@@ -47,11 +48,6 @@ PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
 class TokenizerFiles:
   tokenizer_file: epath.Path
   settings_files: list[epath.Path]
-
-
-def _field(reader, key: str, default=None):
-  field = reader.fields.get(key)
-  return default if field is None else field.contents()
 
 
 def write_tokenizer_files(reader, out_dir: epath.Path, cfg: ModelConfig, where: str) -> TokenizerFiles:
