@@ -89,8 +89,6 @@ def write_tokenizer_files(reader, out_dir: epath.Path, cfg: ModelConfig, where: 
       "pad_token": name(ids["padding"]), "add_bos_token": add_bos, "add_eos_token": add_eos,
       "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_position_embeddings,
   }
-  if model == "llama":
-    config.update(legacy=True, add_prefix_space=bool(_field(reader, "tokenizer.ggml.add_space_prefix", True)))
   template = _field(reader, "tokenizer.chat_template")
   if template:
     config["chat_template"] = template
