@@ -67,10 +67,7 @@ class PromptStyle:
 
   `chat` must hold `{prompt}` once. `tag_separator` goes between the instruction and its tag.
   `answer_prefix` starts every target and generation (the space after `[/INST]`).
-  A style built from a model's chat template (`from_chat_template`, `chat_style`) wraps each prompt by
-  rendering it as the one user message of a conversation with the assistant's turn opened, as transformers'
-  `apply_chat_template(..., add_generation_prompt=True)` does (with any default system prompt the template
-  injects); `chat` is then unused and `answer_prefix` is empty.
+  A model's own chat template replaces `chat` in a ChatTemplateStyle (`from_chat_template`, `chat_style`).
   """
   chat: str = "[INST] {prompt} [/INST]"
   tag_separator: str = "\n\n"
@@ -79,38 +76,50 @@ class PromptStyle:
   augmented_tag: str = TAG_AUGMENTED
   backward_prompt: str = BACKWARD_PROMPT
   curation_header: str = CURATION_PROMPT_HEADER
+
+  def __post_init__(self):
+    if self.chat.count("{prompt}") != 1:
+      raise ValueError(f"PromptStyle.chat: expected exactly one '{{prompt}}', found {self.chat!r}")
+    if self.backward_prompt.count("{response}") != 1:
+      raise ValueError(
+        f"PromptStyle.backward_prompt: expected exactly one '{{response}}', found {self.backward_prompt!r}")
+
+  @classmethod
+  def from_chat_template(cls, template: str, special_tokens: Mapping[str, str] | None = None,
+                         **overrides) -> "ChatTemplateStyle":
+    """A style whose wrapper is a model's Jinja chat template (tags and prompts as the paper's)."""
+    fields = dict(chat_template=template, template_tokens=tuple(sorted((special_tokens or {}).items())),
+                  answer_prefix="")
+    fields.update(overrides)
+    return ChatTemplateStyle(**fields)
+
+  def wrap(self, prompt: str) -> str:
+    # str.replace, not str.format: the template may be user-supplied and hold other braces.
+    return self.chat.replace("{prompt}", prompt)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplateStyle(PromptStyle):
+  """A PromptStyle that wraps each prompt by rendering it as the one user message of a conversation with the
+  assistant's turn opened, as transformers' `apply_chat_template(..., add_generation_prompt=True)` does (with
+  any default system prompt the template injects); `chat` is unused. A subclass, so the paper's styles keep
+  their fields (and the settings hashed from them) as they were."""
   chat_template: str = ""
   # The special tokens the template reads (bos_token, eos_token, ...), as sorted (name, text) pairs.
   template_tokens: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
-    if not self.chat_template and self.chat.count("{prompt}") != 1:
-      raise ValueError(f"PromptStyle.chat: expected exactly one '{{prompt}}', found {self.chat!r}")
-    if self.backward_prompt.count("{response}") != 1:
-      raise ValueError(
-        f"PromptStyle.backward_prompt: expected exactly one '{{response}}', found {self.backward_prompt!r}")
-    if self.chat_template:
-      probe = "\x00prompt\x00"
-      if self.wrap(probe).count(probe) != 1:
-        raise ValueError("PromptStyle.chat_template: expected the template to write the user's message once, "
-                         f"found it {self.wrap(probe).count(probe)} times in {self.wrap(probe)!r}")
-
-  @classmethod
-  def from_chat_template(cls, template: str, special_tokens: Mapping[str, str] | None = None,
-                         **overrides) -> "PromptStyle":
-    """A style whose wrapper is a model's Jinja chat template (tags and prompts as the paper's)."""
-    fields = dict(chat_template=template, template_tokens=tuple(sorted((special_tokens or {}).items())),
-                  answer_prefix="")
-    fields.update(overrides)
-    return cls(**fields)
+    super().__post_init__()
+    probe = "\x00prompt\x00"
+    found = self.wrap(probe).count(probe)
+    if found != 1:
+      raise ValueError("PromptStyle.chat_template: expected the template to write the user's message once, "
+                       f"found it {found} times in {self.wrap(probe)!r}")
 
   def wrap(self, prompt: str) -> str:
-    if self.chat_template:
-      from hb_jax.data import chat_template
-      return chat_template.render(self.chat_template, [{"role": "user", "content": prompt}],
-                                  add_generation_prompt=True, **dict(self.template_tokens))
-    # str.replace, not str.format: the template may be user-supplied and hold other braces.
-    return self.chat.replace("{prompt}", prompt)
+    from hb_jax.data import chat_template
+    return chat_template.render(self.chat_template, [{"role": "user", "content": prompt}],
+                                add_generation_prompt=True, **dict(self.template_tokens))
 
 
 DEFAULT_STYLE = PromptStyle()
