@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -16,7 +15,6 @@ from hb_jax import api, checkpoint, parallel
 from hb_jax.config import ConfigError, MeshConfig, ModelConfig, build
 from hb_jax.model.kv_cache import KVCache
 from hb_jax.model.llama import Llama
-from hb_jax.model.presets import preset
 from hb_jax.parallel import (SERVE_RULES, TRAIN_RULES, abstract_params, cache_shardings, logical_to_spec, make_mesh,
                              param_shardings, single_device_mesh, undivided_params, with_overrides)
 from jax.sharding import PartitionSpec as P
