@@ -407,10 +407,6 @@ class SampleConfig:
   bulk_chunk_records: int = 1024  # bulk generation plans and commits this many input records at a time
   score_batch: int = 16
   score_block: int = 128  # scoring projects to the vocabulary this many positions at a time
-  # Generation runs the layers as an unrolled loop over per-layer weights and KV buffers, sliced once per
-  # decode call: a scanned loop slices (copies) every layer's weights and cache rows on every step, which
-  # dominated the decode step on CPU. False: the scan (compile time independent of depth).
-  unroll_layers: bool = True
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)

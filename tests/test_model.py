@@ -12,7 +12,7 @@ from flax import nnx
 from hb_jax.config import ConfigError, ModelConfig, RopeScaling, ffn_dim
 from hb_jax.convert.sources import interleaved_to_rotate_half, rotate_half_to_interleaved
 from hb_jax.model.kv_cache import KVCache
-from hb_jax.model.llama import Llama, abstract_model, project_einsum, rope_inv_freq
+from hb_jax.model.llama import Llama, abstract_model, init_cache, project_einsum, rope_inv_freq
 from hb_jax.model.presets import PRESETS, preset
 
 CFG = ModelConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -115,7 +115,7 @@ def test_left_padding_equals_unpadded(model):
 def test_cache_prefill_then_steps_equal_full_forward(model):
   x = _tokens(2, 10)
   full, _ = model(x)
-  cache = KVCache.zeros(CFG.num_layers, 2, 16, CFG.num_kv_heads, CFG.head_dim)
+  cache = init_cache(CFG, 2, 16)
   pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
   seg = jnp.ones((2, 10), jnp.int32)
   first, cache = model(x[:, :6], pos[:, :6], seg[:, :6], cache=cache)
@@ -126,36 +126,38 @@ def test_cache_prefill_then_steps_equal_full_forward(model):
   np.testing.assert_array_equal(cache.index, [10, 10])
 
 
-def test_unrolled_layers_and_shared_prefix_equal_the_scanned_full_forward(model):
-  """The decode path's two variants: layers unrolled over per-layer blocks and KV buffers, and a batch-1
-  shared prefix attended beside each row's own cache (never copied into it) give the plain forward's logits."""
+def test_cached_path_and_shared_prefix_equal_the_scanned_full_forward(model):
+  """With a cache the model runs its layers unrolled; a batch-1 shared prefix (`prefix_cache`, the scan) is
+  attended beside each row's own cache, never copied into it. Either prefix layout, pre-sliced `blocks` or
+  none, and the scanned forward without a cache (the scorer's) all give the plain forward's logits."""
   prefix_len, b = 5, 2
   x = jnp.concatenate([jnp.broadcast_to(_tokens(1, prefix_len, 7), (b, prefix_len)), _tokens(b, 6)], axis=1)
   full, _ = model(x)
-  blocks = model.layer_blocks()
-  for per_layer in (True,):  # the scanned path with a prefix is the scorer's (tests/sample/test_scoring.py)
-    pre = KVCache.zeros(CFG.num_layers, 1, 8, CFG.num_kv_heads, CFG.head_dim)  # 3 padding slots (segment 0)
-    pre_tok = jnp.zeros((1, 8), jnp.int32).at[:, :prefix_len].set(x[:1, :prefix_len])
-    pre_seg = (jnp.arange(8) < prefix_len).astype(jnp.int32)[None]
-    _, pre = model(pre_tok, jnp.arange(8)[None] * pre_seg, pre_seg, cache=pre)
-    cache = KVCache.zeros(CFG.num_layers, b, 8, CFG.num_kv_heads, CFG.head_dim, per_layer=per_layer)
-    kw = dict(blocks=blocks) if per_layer else {}
-    pre = pre.unstacked() if per_layer else pre
-    pos = jnp.broadcast_to(prefix_len + jnp.arange(6), (b, 6))
-    first, cache = model(x[:, prefix_len:9], pos[:, :4], jnp.ones((b, 4), jnp.int32), cache=cache, prefix=pre, **kw)
+  pre_tok = jnp.zeros((1, 8), jnp.int32).at[:, :prefix_len].set(x[:1, :prefix_len])
+  pre_seg = (jnp.arange(8) < prefix_len).astype(jnp.int32)[None]  # 3 padding slots (segment 0)
+  stacked = model.prefix_cache(pre_tok, jnp.arange(8)[None] * pre_seg, pre_seg)
+  assert not stacked.per_layer and stacked.k.shape == (CFG.num_layers, 1, CFG.num_kv_heads, 8, CFG.head_dim)
+  pos = jnp.broadcast_to(prefix_len + jnp.arange(6), (b, 6))
+  ones = jnp.ones((b, 6), jnp.int32)
+  for pre, kw in ((stacked, {}), (stacked.unstacked(), {}), (stacked.unstacked(), dict(blocks=model.layer_blocks()))):
+    cache = init_cache(CFG, b, 8)
+    first, cache = model(x[:, prefix_len:9], pos[:, :4], ones[:, :4], cache=cache, prefix=pre, **kw)
     np.testing.assert_allclose(first, full[:, prefix_len:9], rtol=1e-5, atol=1e-5)
-    for t in range(4, 5):
-      step, cache = model(x[:, prefix_len + t:prefix_len + t + 1], pos[:, t:t + 1], jnp.ones((b, 1), jnp.int32),
-                          cache=cache, prefix=pre, **kw)
-      np.testing.assert_allclose(step[:, 0], full[:, prefix_len + t], rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="one K/V array per layer"):
-    model(x[:, :1], cache=KVCache.zeros(CFG.num_layers, b, 8, CFG.num_kv_heads, CFG.head_dim), blocks=blocks)
+    step, cache = model(x[:, 9:10], pos[:, 4:5], ones[:, :1], cache=cache, prefix=pre, **kw)
+    np.testing.assert_allclose(step[:, 0], full[:, 9], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache.index, [5, 5])
+    no_cache, _ = model(x[:, prefix_len:], pos, ones, prefix=pre)
+    np.testing.assert_allclose(no_cache, full[:, prefix_len:], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="one K and one V array per layer"):
+    model(x[:, :1], cache=KVCache.zeros(CFG.num_layers, b, 8, CFG.num_kv_heads, CFG.head_dim))
+  with pytest.raises(ValueError, match="blocks are for the cached path"):
+    model(x[:, :1], blocks=model.layer_blocks())
 
 
 def test_cache_rows_advance_independently(model):
   """Row 0 writes 3 prompt tokens, row 1 writes 5: each row's next step sees only its own past."""
   x = _tokens(2, 5)
-  cache = KVCache.zeros(CFG.num_layers, 2, 8, CFG.num_kv_heads, CFG.head_dim)
+  cache = init_cache(CFG, 2, 8)
   pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
   seg = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])  # row 0: right-padded, 3 real tokens
   _, cache = model(x, pos, seg, cache=cache)
@@ -169,26 +171,30 @@ def test_cache_rows_advance_independently(model):
 
 
 def test_decode_loop_updates_the_cache_in_place(model):
-  """A decode loop (as the sampler's while_loop) must not copy, transpose or rebuild the whole stacked
-  cache per step: with the cache as scan xs/ys it did, and a step cost several times its matmuls."""
+  """A decode loop (as the sampler's while_loop, its layer weights sliced once outside it) must not copy,
+  transpose or rebuild a layer's K/V buffer per step: with the cache as scan xs/ys it did, and a step cost
+  several times its matmuls."""
   b, slots = 2, 16
   graphdef, params = nnx.split(model)
-  cache = KVCache.zeros(CFG.num_layers, b, slots, CFG.num_kv_heads, CFG.head_dim)
+  cache = init_cache(CFG, b, slots)
 
   def decode(params, cache, tok_b):
+    model = nnx.merge(graphdef, params)
+    blocks = model.layer_blocks()
+
     def body(i, carry):
       cache, tok_b = carry
-      logits, cache = nnx.merge(graphdef, params)(tok_b[:, None], cache.index[:, None],
-                                                  jnp.ones((b, 1), jnp.int32), cache=cache)
+      logits, cache = model(tok_b[:, None], cache.index[:, None], jnp.ones((b, 1), jnp.int32), cache=cache,
+                            blocks=blocks)
       return cache, jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
     return jax.lax.fori_loop(0, 4, body, (cache, tok_b))
 
   hlo = jax.jit(decode, donate_argnums=1).lower(params, cache, jnp.zeros((b,), jnp.int32)).compile().as_text()
-  shape = "f32[" + ",".join(map(str, cache.k.shape)) + "]"
+  shape = "f32[" + ",".join(map(str, cache.k[0].shape)) + "]"
   producers = [line.split("=", 1)[1].strip() for line in hlo.splitlines() if f"= {shape}" in line]
-  assert producers, f"no instruction of the cache's shape {shape} in the compiled decode loop"
+  assert producers, f"no instruction of a layer's cache shape {shape} in the compiled decode loop"
   rebuilt = [p for p in producers if any(op in p.split("(")[0] for op in ("copy", "broadcast", "transpose"))]
-  assert not rebuilt, "full-cache copies per step:\n" + "\n".join(rebuilt)
+  assert not rebuilt, "layer-cache copies per step:\n" + "\n".join(rebuilt)
 
 
 def test_dropout_only_with_a_key_and_remat_keeps_gradients():

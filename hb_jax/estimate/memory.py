@@ -58,7 +58,7 @@ def serve_memory(cfg: ModelConfig, *, tensor: int, batch: int, slots: int, promp
   """Bytes per device of one inference replica (SERVE_RULES: weights split over `tensor` only) decoding
   `batch` rows of `slots` cache slots each (plus one batch-1 shared prefix of `prefix_slots`), at its worst
   moment: the first refill, which prefills all `batch` prompts (padded to `prompt_bucket`) into a fresh cache
-  of their own before scattering it into the batch's (hb_jax/sample/sampler.py `_refill_impl`), with one
+  of their own before scattering it into the batch's (hb_jax/sample/programs.py `refill`), with one
   layer's fp32 attention scores over the prefix and every slot."""
   heads, f = cfg.num_heads / tensor, cfg.intermediate_size / tensor
   per_slot = kv_bytes_per_token(cfg, kv_bytes) / kv_split(cfg, tensor)

@@ -7,9 +7,10 @@ contraction reads as an einsum over named axes.
 
 The layers are stacked along a leading `layers` axis and applied with `jax.lax.scan`: compile time does not
 grow with depth (80 layers compile like 1), and the stacked layout is what FSDP shards and Orbax saves.
-The KV cache ([layers, batch, slots, ...]) rides in the scan's carry, not its xs/ys: each layer writes its
-new K/V rows into the one carried buffer in place. As xs/ys, XLA would rebuild (and copy) the whole cache
-on every call, which made a decode step several times slower than its matmuls.
+A forward with a KV cache (prefill and decode) runs the layers unrolled instead, each on its own weight slice
+and its own K/V buffers (`init_cache`), which each layer updates in place. The one scanned forward with a
+cache, a shared prefix's (`prefix_cache`), carries the stacked cache in the scan's carry, not its xs/ys:
+as xs/ys, XLA would rebuild (and copy) the whole cache on every call.
 
 Attention masking is one rule for training, packing, left padding and the KV cache: a query sees a key
 iff they share a segment id and the key's position is not after the query's. Segment id 0 marks padding.
@@ -44,6 +45,13 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
   if cfg.dtype == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   return jnp.dtype(cfg.dtype)
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
+  """An empty KV cache to run the model with (Llama(..., cache=)): one K and one V buffer per layer
+  [batch, kv_heads, slots, head_dim], in the compute dtype unless `dtype` says otherwise."""
+  return KVCache.zeros(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim,
+                       compute_dtype(cfg) if dtype is None else dtype, per_layer=True)
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, *, fan_in: int | None = None, init: str = "normal"):
@@ -299,14 +307,39 @@ class Llama(nnx.Module):
                blocks: list[DecoderLayer] | None = None) -> tuple[Array, KVCache | None]:
     """tokens, positions, segment_ids: int32[B, T]. Returns (float32 logits [B, T, V], updated cache).
 
-    Defaults: positions 0..T-1, one segment per row. With a cache, this call's tokens are written at
-    `cache.index` (per row) and attend to everything already in the cache. With a prefix (a batch-1
-    cache of a shared prompt head), every row also attends to it; the rows' positions continue after it.
+    Defaults: positions 0..T-1, one segment per row. With a cache (`init_cache`), this call's tokens are
+    written at `cache.index` (per row) and attend to everything already in the cache. With a prefix (a
+    batch-1 cache of a shared prompt head, `prefix_cache`), every row also attends to it; the rows' positions
+    continue after it.
 
-    `blocks` (from `layer_blocks()`) runs the layers as an unrolled loop over per-layer modules instead of
-    the scan; the cache and the prefix must then hold one K/V array per layer (KVCache.unstacked). The
-    decode loop uses this: its per-layer weights and KV buffers are sliced once per call, not per step.
+    The layer loop is the model's choice, not the caller's. With a cache (prefill and decode) the layers run
+    as an unrolled loop, each on its own slice of the weights and its own K/V buffers: a scanned loop slices
+    (copies) every layer's weights and cache rows at every step, which dominated the decode step on CPU.
+    Without one (training, scoring, logits) they run as the scan, whose compile time does not grow with depth.
+    `blocks` (this model's `layer_blocks()`) is for a caller that runs the cached path many times in one
+    program, the decode loop: it slices the weights once, outside its loop, instead of at every call.
     """
+    if cache is not None and not cache.per_layer:
+      raise ValueError("Llama: a KV cache holds one K and one V array per layer (llama.init_cache), found "
+                       f"stacked arrays of shape {tuple(cache.k.shape)}")
+    if blocks is not None and cache is None:
+      raise ValueError("Llama(blocks=...): the per-layer blocks are for the cached path; pass a cache too")
+    h, new_cache = self._forward(tokens, positions, segment_ids, cache, prefix, dropout_key,
+                                 unrolled=cache is not None, blocks=blocks)
+    return (h if return_hidden else self.project(h)), new_cache
+
+  def prefix_cache(self, tokens_1p: Array, positions_1p: Array, segments_1p: Array) -> KVCache:
+    """The K/V a shared prompt head leaves ([layers, 1, kv_heads, P, head_dim], stacked), for every row of a
+    batch to attend to (the `prefix` argument). Computed once per batch plan, never inside a loop, so it
+    runs the scan: compile time flat in depth and no per-layer weight copies."""
+    c = self.cfg
+    cache = KVCache.zeros(c.num_layers, tokens_1p.shape[0], tokens_1p.shape[1], c.num_kv_heads, c.head_dim,
+                          compute_dtype(c))
+    return self._forward(tokens_1p, positions_1p, segments_1p, cache, None, None, unrolled=False)[1]
+
+  def _forward(self, tokens, positions, segment_ids, cache, prefix, dropout_key, *, unrolled: bool,
+               blocks=None) -> tuple[Array, KVCache | None]:
+    """(final normed hidden states [B, T, d], updated cache) through the unrolled or the scanned layer loop."""
     cfg = self.cfg
     b, t = tokens.shape
     if positions is None:
@@ -324,9 +357,9 @@ class Llama(nnx.Module):
       cache_meta = cache.advance(positions, segment_ids)
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.num_layers)
 
-    if blocks is not None:
-      x, cache_kv = self._unrolled(blocks, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix,
-                                   layer_keys)
+    if unrolled:
+      x, cache_kv = self._unrolled(blocks or self.layer_blocks(), x, positions, segment_ids, inv_freq, cache,
+                                   cache_meta, prefix, layer_keys)
     else:
       x, cache_kv = self._scanned(x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys)
 
@@ -334,7 +367,7 @@ class Llama(nnx.Module):
     new_cache = None
     if cache is not None:
       new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
-    return (h if return_hidden else self.project(h)), new_cache
+    return h, new_cache
 
   def layer_blocks(self) -> list[DecoderLayer]:
     """The stacked layers as num_layers separate modules (each holding its slice of the parameters)."""
@@ -342,9 +375,8 @@ class Llama(nnx.Module):
     return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(self.cfg.num_layers)]
 
   def _unrolled(self, blocks, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys):
-    if (cache is not None and not cache.per_layer) or (prefix is not None and not prefix.per_layer):
-      raise ValueError("Llama(blocks=...): the cache and the prefix need one K/V array per layer "
-                       "(KVCache.unstacked())")
+    # A prefix's layer i is prefix.k[i] in either layout; the sampler passes it per layer (unstacked once),
+    # since slicing a stacked prefix here would copy it at every decode step.
     ks, vs = [], []
     for i, block in enumerate(blocks):
       kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -372,7 +404,10 @@ class Llama(nnx.Module):
     cache_kv = None if cache is None else (cache.k, cache.v)
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
     # The prefix is read-only, so its per-layer slices ([kv_heads, P, head_dim], batch 1 dropped) ride in xs.
-    prefix_kv = None if prefix is None else (prefix.k[:, 0], prefix.v[:, 0])
+    prefix_kv = None
+    if prefix is not None:
+      stack = (lambda a: jnp.stack(a)[:, 0]) if prefix.per_layer else (lambda a: a[:, 0])
+      prefix_kv = (stack(prefix.k), stack(prefix.v))
     (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, layer_ids, layer_keys, prefix_kv),
                                     unroll=min(cfg.scan_unroll, cfg.num_layers))
     return x, cache_kv

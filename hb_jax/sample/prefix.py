@@ -1,9 +1,10 @@
 """A shared prompt prefix (e.g. the ~450-token curation rubric), prefilled once and reused by every row.
 
-The prefix's KV is computed once at batch 1 (segment 1 on its tokens, 0 on the padding slots, so padding is
-never attended) and passed to the model beside the rows' own cache: every row attends to it (see
-hb_jax.model.llama), and the rows' own tokens take positions from the prefix length on. Under the model's
-one masking rule (same segment, key position <= query position) this is exactly the full prompt.
+The prefix's KV is computed once at batch 1 (hb_jax.sample.programs.prefill_prefix; segment 1 on its tokens,
+0 on the padding slots, so padding is never attended) and passed to the model beside the rows' own cache:
+every row attends to it (see hb_jax.model.llama), and the rows' own tokens take positions from the prefix
+length on. Under the model's one masking rule (same segment, key position <= query position) this is exactly
+the full prompt. This module plans it on the host: its length and its padded arrays.
 
 The prefix is padded to a multiple of PREFIX_ALIGN slots, not to the prompt length buckets: it is one
 program per prefix length class either way, and the padding slots are still read by every query.
@@ -12,10 +13,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import numpy as np
 
-from hb_jax.model.kv_cache import KVCache
 from hb_jax.sample import plan
 
 
@@ -46,11 +45,3 @@ def padded_prefix(prefix: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.nda
   segments[0, :n] = 1
   return tokens, positions, segments
 
-
-def prefill(model, tokens_1p: jax.Array, positions_1p: jax.Array, segments_1p: jax.Array,
-            cache_dtype) -> KVCache:
-  """KV cache [layers, 1, kv_heads, P, head_dim] of the prefix (call inside jit)."""
-  c = model.cfg
-  cache = KVCache.zeros(c.num_layers, 1, tokens_1p.shape[1], c.num_kv_heads, c.head_dim, cache_dtype)
-  _, cache = model(tokens_1p, positions_1p, segments_1p, cache=cache, return_hidden=True)
-  return cache
