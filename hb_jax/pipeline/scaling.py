@@ -163,9 +163,8 @@ def generate_answers(ctx, model_dir: epath.Path, held: list[dict], tag_mode: str
   """Greedy answers of the model in `model_dir` to `held` (the prompts and decoding of the `evaluate`
   stage), sharded over processes and committed in chunks under out_dir/parts; returns the merged rows on
   process 0 (others: [])."""
-  from hb_jax import api
   from hb_jax.pipeline import stages
-  lm = api.load(model_dir, mesh=ctx.inference_mesh())
+  lm = ctx.load_folder(model_dir)
   out = out_dir / "heldout.jsonl"
   stages.heldout_answers(ctx, lm, held, tag_mode, out_dir / "parts", "heldout", out, model=_rel(ctx, model_dir),
                          desc=f"scaling evaluate {model_dir.name}")

@@ -80,8 +80,13 @@ class Context:
     return make_mesh(self.cfg.mesh, jax.local_devices())
 
   def load(self, name: str):
+    return self.load_folder(self.model_dir(name))
+
+  def load_folder(self, path):
+    """A model folder on the inference mesh, with the config's `mesh.rules` overrides of the serving layout."""
     from hb_jax import api
-    return api.load(self.model_dir(name), mesh=self.inference_mesh())
+    from hb_jax.parallel import SERVE_RULES, with_overrides
+    return api.load(path, mesh=self.inference_mesh(), rules=with_overrides(SERVE_RULES, self.cfg.mesh))
 
 
 def model_hash(path: epath.Path) -> str:
@@ -192,7 +197,7 @@ def _pretrain(ctx: Context, docs, tok, tok_file, out: epath.Path) -> None:
   """The demo's base model: a preset shape trained from scratch on the world's text (loss on every token)."""
   from hb_jax.data import loader
   from hb_jax.model.presets import preset
-  from hb_jax.parallel import make_mesh
+  from hb_jax.parallel import TRAIN_RULES, make_mesh, with_overrides
   from hb_jax.train import loop
 
   tc = ctx.cfg.base.train
@@ -200,7 +205,7 @@ def _pretrain(ctx: Context, docs, tok, tok_file, out: epath.Path) -> None:
   examples = [loader.example([tok.bos_id], tok.encode(d, eos=True)) for d in docs]
   examples, _ = loader.prepare_examples(examples, tc.seq_len, tc.overlong)
   result = loop.train(loop.training_model_config(cfg, tc), tc, make_mesh(tc.mesh), examples,
-                      ctx.path("work/pretrain"))
+                      ctx.path("work/pretrain"), rules=with_overrides(TRAIN_RULES, tc.mesh))
   if not result.completed:
     raise RuntimeError("pretraining was preempted; rerun to continue from its checkpoint")
   checkpoint.save_model_folder(out, cfg, result.state.params, tokenizer_file=tok_file, overwrite=True,
