@@ -354,6 +354,20 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+CHAT_TEMPLATE_HELP = "wrap prompts in the model's own chat template (an instruct model; tokenizer_config.json's) instead of the paper's [INST] format"
+
+
+def _prompt_style(lm, chat_template: bool):
+  """The paper's [INST] style, or with --chat_template the model's own (an error if it has none)."""
+  from hb_jax.data import prompts
+  if not chat_template:
+    return prompts.DEFAULT_STYLE
+  if lm.tokenizer is None or not getattr(lm.tokenizer, "chat_template", None):
+    raise UsageError(f"--chat_template: the model at {lm.path} has no chat template (tokenizer_config.json's "
+                     "chat_template or chat_template.jinja)")
+  return prompts.chat_style(lm.tokenizer)
+
+
 def _print_summary(summary: dict) -> None:
   import json
   print(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
@@ -376,6 +390,7 @@ def eval_generate_main(argv: Sequence[str] | None = None) -> int:
   _define(fv, "integer", "batch", 32, "largest decode batch (a power of two)")
   _define(fv, "integer", "seed", 0, "run seed, hashed with each instruction")
   _define(fv, "integer", "max_items", 0, "only the first N instructions (0: all)")
+  _define(fv, "bool", "chat_template", False, CHAT_TEMPLATE_HELP)
 
   def body(fv) -> int:
     from hb_jax import api
@@ -384,9 +399,10 @@ def eval_generate_main(argv: Sequence[str] | None = None) -> int:
     from hb_jax.config import SamplingConfig
     sampling = SamplingConfig(temperature=fv.temperature, top_p=fv.top_p, max_new_tokens=fv.max_new_tokens,
                               seed=fv.seed)
-    cfg = generate.GenerateConfig(tag=fv.tag, sampling=sampling, batch=fv.batch, generator=fv.generator)
-    _print_summary(generate.run(api.load(fv.model), fv.input, fv.output, cfg, max_items=fv.max_items,
-                                summary_path=fv.summary))
+    lm = api.load(fv.model)
+    cfg = generate.GenerateConfig(tag=fv.tag, sampling=sampling, batch=fv.batch, generator=fv.generator,
+                                  style=_prompt_style(lm, fv.chat_template))
+    _print_summary(generate.run(lm, fv.input, fv.output, cfg, max_items=fv.max_items, summary_path=fv.summary))
     return 0
 
   return run_command(fv, argv, body, required=("model", "input", "output"),
@@ -411,6 +427,7 @@ def judge_main(argv: Sequence[str] | None = None) -> int:
   _define(fv, "integer", "batch", 16, "scoring batch")
   _define(fv, "integer", "max_output_tokens", 0, "cut each answer to N tokens (0: whole)")
   _define(fv, "integer", "max_items", 0, "only the first N matched items (0: all)")
+  _define(fv, "bool", "chat_template", False, CHAT_TEMPLATE_HELP)
 
   def body(fv) -> int:
     from hb_jax import api
@@ -420,10 +437,10 @@ def judge_main(argv: Sequence[str] | None = None) -> int:
     if verdicts is None:
       base = fv.output[:-5] if fv.output.endswith(".json") else fv.output
       verdicts = base + ".verdicts.jsonl"
+    lm = api.load(fv.model)
     cfg = judge.JudgeConfig(tie_margin=fv.tie_margin, tag=fv.tag, batch=fv.batch,
-                            max_output_tokens=fv.max_output_tokens)
-    _print_summary(judge.run(api.load(fv.model), fv.outputs_a, fv.outputs_b, fv.output, verdicts, cfg,
-                             max_items=fv.max_items))
+                            max_output_tokens=fv.max_output_tokens, style=_prompt_style(lm, fv.chat_template))
+    _print_summary(judge.run(lm, fv.outputs_a, fv.outputs_b, fv.output, verdicts, cfg, max_items=fv.max_items))
     return 0
 
   return run_command(fv, argv, body, required=("model", "outputs_a", "outputs_b", "output"),

@@ -12,6 +12,7 @@ once per module.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -253,3 +254,19 @@ def _flatten(tree, prefix=""):
       yield from _flatten(v, f"{prefix}{k}.")
     else:
       yield prefix + k, v
+
+
+def test_eval_generate_cli_wraps_prompts_in_the_models_chat_template(ours, tmp_path, capsys):
+  """`hb-eval-generate --chat_template`: an instruct model answers in its own format (the paper's [INST]
+  wrapper otherwise), greedy answers equal api.load(...).generate on the same chat prompts."""
+  from hb_jax.cli import eval_generate_main
+  src = tmp_path / "in.jsonl"
+  src.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS[:2]))
+  out = tmp_path / "out.json"
+  argv = ["--model", str(ours.path), "--input", str(src), "--output", str(out), "--temperature", "0",
+          "--max_new_tokens", "8", "--batch", "2", "--chat_template"]
+  assert eval_generate_main(argv) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["prompt_example"].startswith("<|im_start|>") and "[INST]" not in summary["prompt_example"]
+  want = [ours.tokenizer.decode(g).strip() for g in ours.generate(_chat_ids(ours, QUESTIONS[:2]), 8)]
+  assert [a["output"] for a in json.loads(out.read_text())] == want
