@@ -41,9 +41,13 @@ Array = jax.Array
 
 
 def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
-  """The matmul dtype: bfloat16 on accelerators when cfg.dtype == 'auto', float32 on CPU."""
+  """The matmul dtype: bfloat16 on accelerators when cfg.dtype == 'auto', float32 on CPU. The accelerator is
+  the one the program is built for: the mesh set with `jax.set_mesh` (a TPU pod's, compiled ahead of time on
+  a CPU machine by hb_jax.preflight), else this process's default backend."""
   if cfg.dtype == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    target = jax.sharding.get_abstract_mesh().abstract_device
+    platform = target.platform if target is not None else jax.default_backend()
+    return jnp.float32 if platform == "cpu" else jnp.bfloat16
   return jnp.dtype(cfg.dtype)
 
 
