@@ -246,54 +246,64 @@ def from_file_value(cd, spec: str) -> PipelineConfig:
 to_dict = to_plain  # plain nested dict (tuples as lists) for hashing and the manifest
 
 
-# Finished stages' recorded configs may use keys an earlier layout kept elsewhere: each section's class says
-# which (its RENAMED table: old key -> today's dotted key in the same section). `upgrade_recorded` moves them
-# and adds the fields that did not exist then, with the values that reproduce the old behaviour, so a
-# workdir finished before the change resumes with no stage redone.
+# A finished stage's recorded config may predate today's layout in two ways, and `upgrade_recorded` reads it
+# in today's, so a workdir finished before a change resumes with no stage redone:
+# - keys an earlier layout kept elsewhere: each section's class says which (its RENAMED table: old key ->
+#   today's dotted key in the same section), and they are moved;
+# - fields added since: they are filled in with their defaults. A field is only ever added with a default
+#   that reproduces the behaviour from before it existed (top_k=0, mesh.rules=(), greedy evaluation), so
+#   what a run did then is what that default does now.
 _MOVED = {"augment": AugmentConfig.RENAMED, "curate": CurateConfig.RENAMED, "evaluate": EvaluateConfig.RENAMED,
-          "train": TrainConfig.RENAMED}
-_ADDED = {
-    "augment": {"sampling.top_k": 0},
-    "curate": {"sampling.top_k": 0},
-    "evaluate": {"sampling.temperature": 0.0, "sampling.top_p": 1.0, "sampling.top_k": 0, "sampling.seed": 0},
-    "train": {"mesh.rules": []},
-}
+          "train": TrainConfig.RENAMED, "backward": TrainConfig.RENAMED}
 
 
-def _put(node: dict, dotted: str, value: Any, *, replace: bool) -> None:
+def _put(node: dict, dotted: str, value: Any) -> None:
   *parents, leaf = dotted.split(".")
   for p in parents:
     node = node.setdefault(p, {})
-  if replace or leaf not in node:
-    node[leaf] = value
+  node[leaf] = value
+
+
+def _filled(recorded: Any, default: Any) -> Any:
+  """`recorded` with the keys only `default` has added from it, at every level."""
+  if not (isinstance(recorded, Mapping) and isinstance(default, Mapping)):
+    return recorded
+  out = {k: _filled(v, default.get(k)) for k, v in recorded.items()}
+  return {**{k: v for k, v in default.items() if k not in out}, **out}
 
 
 def upgrade_section(node: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-  moves = _MOVED[kind]
-  if not any(k in node for k in moves):
-    return node
-  out = {k: v for k, v in node.items() if k not in moves}
-  for old, new in moves.items():
+  """One recorded section (`kind`: augment, curate, evaluate, train, backward) in today's layout."""
+  out = {k: v for k, v in node.items() if k not in _MOVED[kind]}
+  for old, new in _MOVED[kind].items():
     if old in node:
-      _put(out, new, node[old], replace=True)
-  for dotted, value in _ADDED[kind].items():
-    _put(out, dotted, value, replace=False)
-  return out
+      _put(out, new, node[old])
+  return _filled(out, section(PipelineConfig(name="run"), kind))
 
 
-def upgrade_recorded(config: Mapping[str, Any]) -> dict:
-  """A stage's recorded config subset ({dotted section: value}) in today's key layout."""
-  out = dict(config)
+def upgrade_recorded(config: Mapping[str, Any], keys: Sequence[str] = ()) -> dict:
+  """A stage's recorded config subset ({dotted key: value}) in today's layout; `keys`: the dotted keys the
+  stage hashes today (one it did not hash then is read as its default)."""
+  defaults = PipelineConfig(name="run")
+  out = {}
   for key, value in config.items():
-    if not isinstance(value, Mapping):
-      continue
-    if key in ("augment", "curate", "evaluate"):
+    if key in _MOVED and isinstance(value, Mapping):
       out[key] = upgrade_section(value, key)
-    elif key in ("train", "backward"):
-      out[key] = upgrade_section(value, "train")
-    elif key == "base" and isinstance(value.get("train"), Mapping):
-      out[key] = {**value, "train": upgrade_section(value["train"], "train")}
+    elif key == "base" and isinstance(value, Mapping) and isinstance(value.get("train"), Mapping):
+      out[key] = _filled({**value, "train": upgrade_section(value["train"], "train")}, section(defaults, key))
+    else:
+      out[key] = _filled(value, _default_of(defaults, key))
+  for key in keys:
+    if key not in out:
+      out[key] = _default_of(defaults, key)
   return out
+
+
+def _default_of(defaults: PipelineConfig, key: str) -> Any:
+  try:
+    return section(defaults, key)
+  except ConfigError:
+    return None  # a key today's layout lacks: restrict() drops it
 
 
 def section(cfg: PipelineConfig, dotted: str) -> Any:

@@ -73,7 +73,7 @@ def as_today(recorded: Any, config: Any) -> Any:
   the keys it depends on now (`restrict`)."""
   from hb_jax.pipeline.config import upgrade_recorded
   if isinstance(recorded, Mapping):
-    recorded = upgrade_recorded(recorded)
+    recorded = upgrade_recorded(recorded, list(config) if isinstance(config, Mapping) else ())
   return restrict(recorded, config)
 
 
