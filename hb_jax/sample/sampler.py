@@ -80,14 +80,14 @@ class Sampler(Engine):
     stops = StopRules(tuple(tuple(int(t) for t in s) for s in stop_sequences if len(s)), tuple(stop_strings),
                       self.detokenize)
     spec = DecodeSpec(sampling, max_new, min(cfg.chunk_steps, max_new))
-    rule = StopRule.make(eos, stops.sequences)
 
     limit = self.cfg.max_position_embeddings
     for i, p in enumerate(prompts):
       if len(p) + max_new - 1 > limit:  # the last new token is sampled, never fed back
         raise plan.PlanError(f"prompt {i}: {len(p)} tokens + max_new_tokens {max_new} pass the model's "
                              f"max_position_embeddings ({limit}); shorten the prompt or max_new_tokens")
-    with jax.set_mesh(self.mesh):
+    with jax.set_mesh(self.mesh):  # every array a program reads from the host is made here: replicated on the mesh
+      rule = StopRule.make(eos, stops.sequences)
       prefix_cache, p_len = self.shared_prefix(prompts, prefix, per_layer=True)
     suffixes = [p[p_len:] for p in prompts]
     for group in plan.group_by_length([len(s) for s in suffixes], cfg.length_buckets):
