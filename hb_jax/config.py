@@ -387,18 +387,15 @@ def _pow2_ceil(n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
-  """Sampling and scoring: decoding defaults (the paper's T=0.7, top-p 0.9) and the batching plan.
+  """Sampling and scoring engines: the batching plan, and the decoding a call uses when it names none
+  (`sampling`, the paper's T=0.7, top-p 0.9).
 
   Prompt lengths are padded up to `length_buckets` and batch sizes to powers of two (at most `max_batch`),
   so a corpus compiles a handful of programs. Rows that finish are refilled from the queue between decode
   chunks of at most `chunk_steps` steps; a chunk also ends early once `min_refill` rows (default
   max_batch // 8) are free, so long outputs don't idle the batch.
   """
-  temperature: float = 0.7
-  top_p: float = 0.9
-  top_k: int = 0
-  max_new_tokens: int = 512
-  seed: int = 0
+  sampling: SamplingConfig = SamplingConfig()
   max_batch: int = 32
   min_refill: int = 0  # 0: max(1, max_batch // 8)
   chunk_steps: int = 64
@@ -411,14 +408,11 @@ class SampleConfig:
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_("length_buckets", tuple(int(b) for b in self.length_buckets))
-    if self.temperature < 0:
-      raise ConfigError(f"sample.temperature must be >= 0, found {self.temperature}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ConfigError(f"sample.top_p must be in (0, 1], found {self.top_p}")
-    for key in ("top_k", "min_refill"):
-      if getattr(self, key) < 0:
-        raise ConfigError(f"sample.{key} must be >= 0, found {getattr(self, key)}")
-    for key in ("max_new_tokens", "chunk_steps", "bulk_chunk_records", "score_batch", "score_block",
+    if isinstance(self.sampling, Mapping):
+      set_("sampling", build(SamplingConfig, self.sampling, "sample.sampling"))
+    if self.min_refill < 0:
+      raise ConfigError(f"sample.min_refill must be >= 0, found {self.min_refill}")
+    for key in ("chunk_steps", "bulk_chunk_records", "score_batch", "score_block",
                 "prefix_min_tokens"):
       if getattr(self, key) <= 0:
         raise ConfigError(f"sample.{key} must be positive, found {getattr(self, key)}")

@@ -374,7 +374,7 @@ def generate_jsonl(sampler: Sampler, input_path, output_path, *, max_new_tokens:
   from jax.experimental import multihost_utils
 
   cfg = sampler.config
-  seed = cfg.seed if seed is None else seed
+  seed = cfg.sampling.seed if seed is None else seed
   vocab = sampler.cfg.vocab_size
   stop_strings = tuple(s for s in stop if isinstance(s, str))
   stop_sequences = tuple(tuple(s) for s in stop if not isinstance(s, str))

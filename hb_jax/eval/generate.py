@@ -59,8 +59,7 @@ class GenerateConfig:
     # row depend on which other instructions share the file. The run seed is left out: rows get explicit
     # seeds, and the model keeps one sampling engine (compiled programs) per config.
     sp = self.sampling
-    return SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
-                        max_batch=self.batch, prefix_min_tokens=1 << 30)
+    return SampleConfig(max_batch=self.batch, prefix_min_tokens=1 << 30)
 
 
 def tag_text(tag: str, style: prompts.PromptStyle = prompts.DEFAULT_STYLE) -> str:

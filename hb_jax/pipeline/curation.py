@@ -86,8 +86,7 @@ def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *,
   seeds = [plan.seed_from_id(c["id"], sp.seed) for c in candidates]
   # The rubric every prompt starts with is prefilled once and attended by every row (SampleConfig's
   # prefix_min_tokens): rows only compute the candidate and the rating they write.
-  cfg = SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
-                     max_batch=batch)
+  cfg = SampleConfig(max_batch=batch)
   outs = lm.generate(list(ids), sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
                      seed=seeds, config=cfg)
   res = []

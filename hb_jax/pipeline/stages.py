@@ -289,8 +289,7 @@ def augment(ctx: Context) -> dict[str, str]:
   from hb_jax.config import SampleConfig
   from hb_jax.sample import plan
   sp = a.sampling
-  scfg = SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
-                      max_batch=a.batch)
+  scfg = SampleConfig(max_batch=a.batch)
   generated_by = _rel_model(ctx, "backward")
 
   def encode(segment: dict) -> list[int]:
@@ -421,8 +420,7 @@ def heldout_answers(ctx: Context, lm, held: list[dict], tag_mode: str, parts: ep
   e = ctx.cfg.evaluate
   tok = lm.tokenizer
   sp = e.sampling
-  scfg = SampleConfig(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_new_tokens=sp.max_new_tokens,
-                      max_batch=e.batch)
+  scfg = SampleConfig(max_batch=e.batch)
   tag = prompts.tag_for(None, tag_mode, ctx.style)
 
   def encode(h: dict) -> list[int]:

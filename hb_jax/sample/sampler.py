@@ -54,7 +54,7 @@ class Sampler(Engine):
     """Yields (prompt index, Completion) as rows finish.
 
     seeds: uint32 [N, 2] per-prompt (a, b) with row key fold_in(PRNGKey(a), b) (see plan.seed_pairs_*);
-    default: fold_in(PRNGKey(config.seed), i). prefix: 'auto' (reuse the prompts' common prefix when at
+    default: fold_in(PRNGKey(config.sampling.seed), i). prefix: 'auto' (reuse the prompts' common prefix when at
     least config.prefix_min_tokens long), an explicit length, or None/0. eos_ids: the ids a row ends at
     (excluded from its tokens, finish_reason 'eos'); default the model's eos_id and extra_eos_ids.
     """
@@ -63,14 +63,14 @@ class Sampler(Engine):
     n = len(prompts)
     if n == 0:
       return
-    max_new = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-    sampling = sampling or Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+    max_new = cfg.sampling.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+    sampling = sampling or Sampling.of(cfg.sampling)
     if max_new <= 0:
       for i in range(n):
         yield i, Completion(np.zeros(0, np.int32), np.zeros(0, np.float32), "length")
       return
     if seeds is None:
-      seeds = plan.seed_pairs_from_int(cfg.seed, n)
+      seeds = plan.seed_pairs_from_int(cfg.sampling.seed, n)
     seeds = np.asarray(seeds, np.uint32)
     if seeds.shape != (n, 2):
       raise ValueError(f"seeds must be uint32 [{n}, 2], found shape {seeds.shape}")

@@ -31,6 +31,11 @@ class Sampling:
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"Sampling.top_p must be in (0, 1], found {self.top_p}")
 
+  @classmethod
+  def of(cls, config) -> "Sampling":
+    """The token rule of a hb_jax.config.SamplingConfig (its length budget and seed stay with the caller)."""
+    return cls(config.temperature, config.top_k, config.top_p)
+
   @property
   def greedy(self) -> bool:
     return self.temperature == 0.0

@@ -150,7 +150,7 @@ def test_tail_shrinks_the_batch_and_keeps_utilisation_high(model):
   out = sampler.generate(prompts, max_new_tokens=32, sampling=Sampling(1.0), eos_ids=eos.tolist())
   for i in (4, 6, 19):  # the longest rows, decoded to the end in shrunk batches: alone they agree
     alone = sampler.generate([prompts[i]], max_new_tokens=32, sampling=Sampling(1.0), eos_ids=eos.tolist(),
-                             seeds=np.asarray([[cfg.seed, i]], np.uint32))[0]
+                             seeds=np.asarray([[cfg.sampling.seed, i]], np.uint32))[0]
     _assert_same(alone, out[i])
   assert len({c.num_decoded for c in out}) > 8
   assert sampler.compilations["compact"] >= 2
