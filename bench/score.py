@@ -17,7 +17,7 @@ def _default_model(workdir: str, vocab_size: int) -> str:
   import jax
   from flax import nnx
 
-  from hb_jax import checkpoint
+  from hb_jax import model_folder
   from hb_jax.data import synthetic
   from hb_jax.model.llama import Llama
   from hb_jax.model.presets import preset
@@ -32,7 +32,7 @@ def _default_model(workdir: str, vocab_size: int) -> str:
   cfg = preset("demo", vocab_size=tok.vocab_size, max_position_embeddings=2048)
   model = Llama(cfg, rngs=nnx.Rngs(0))
   del jax
-  return str(checkpoint.save_model_folder(f"{workdir}/model", cfg, nnx.state(model, nnx.Param),
+  return str(model_folder.save_model_folder(f"{workdir}/model", cfg, nnx.state(model, nnx.Param),
                                           tokenizer_file=tok_file))
 
 

@@ -18,7 +18,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from hb_jax import checkpoint
+from hb_jax import model_folder
 from hb_jax.config import ModelConfig
 from hb_jax.model.llama import Llama, abstract_model
 from hb_jax.parallel import SERVE_RULES, Rules, batch_sharding, single_device_mesh
@@ -168,11 +168,11 @@ def fetch(x: jax.Array) -> np.ndarray:
 def load(path, mesh: Mesh | None = None, rules: Rules = SERVE_RULES) -> LanguageModel:
   """Opens a model folder onto `mesh` (default: one device), resharding the stored params as needed."""
   path = epath.Path(path)
-  cfg = checkpoint.read_model_config(path)
+  cfg = model_folder.read_model_config(path)
   mesh = mesh or single_device_mesh()
-  params = checkpoint.restore_params(path, cfg, mesh, rules)
+  params = model_folder.restore_params(path, cfg, mesh, rules)
   tokenizer = None
-  tok_path = checkpoint.tokenizer_path(path)
+  tok_path = model_folder.tokenizer_path(path)
   if tok_path is not None:
     from hb_jax.tokenizer import load_tokenizer  # the data layer's module; absent tokenizers are fine
     tokenizer = load_tokenizer(tok_path)

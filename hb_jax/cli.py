@@ -36,7 +36,7 @@ USER_ERRORS = (
   ("hb_jax.config", "ConfigError"),
   ("hb_jax.data.records", "RecordError"),
   ("hb_jax.data.corpus", "CorpusError"),
-  ("hb_jax.checkpoint", "CheckpointError"),
+  ("hb_jax.model_folder", "CheckpointError"),
   ("hb_jax.convert.sources", "ConversionError"),
   ("hb_jax.eval.io", "EvalError"),
   ("hb_jax.sample.plan", "PlanError"),

@@ -11,7 +11,7 @@ import pytest
 from helpers import (LLAMA31_SCALING, assert_logits_close, convert_hf, hf_logits, make_hf_llama,
                      random_tokens)
 from hb_jax import api
-from hb_jax.checkpoint import CheckpointError, is_model_folder
+from hb_jax.model_folder import CheckpointError, is_model_folder
 from hb_jax.config import ConfigError
 from hb_jax.convert import ConversionError, convert, export_hf
 from hb_jax.convert.sources import rotate_half_to_interleaved
@@ -302,7 +302,7 @@ def _set_eos(hf_dir, where: str, value) -> None:
 def test_list_eos_token_id_round_trips(tmp_path, where):
   from transformers import GenerationConfig
 
-  from hb_jax.checkpoint import read_model_config
+  from hb_jax.model_folder import read_model_config
 
   _, hf_dir = make_hf_llama(tmp_path)
   single = convert_hf(hf_dir, tmp_path / "single")  # one end id: model.json as before the field existed

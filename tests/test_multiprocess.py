@@ -52,7 +52,7 @@ def test_two_processes_finetune_like_one(tmp_path):
   written by two processes: the same parameters as one process (up to the collectives' summation order)."""
   import json
 
-  from hb_jax import checkpoint
+  from hb_jax import model_folder
   from hb_jax.train import finetune
 
   from tests.mp_train_config import TRAIN
@@ -67,12 +67,12 @@ def test_two_processes_finetune_like_one(tmp_path):
   one = finetune.finetune(TRAIN, base, train_jsonl, tmp_path / "one", tmp_path / "work_one")
   assert one.completed and one.step == TRAIN.num_steps
   _launch(FINETUNE_WORKER, portpicker.pick_unused_port(), base, train_jsonl, tmp_path / "two", tmp_path / "work_two")
-  assert checkpoint.is_model_folder(tmp_path / "two")
+  assert model_folder.is_model_folder(tmp_path / "two")
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-  cfg = checkpoint.read_model_config(tmp_path / "one")
-  a = checkpoint.restore_params(tmp_path / "one", cfg, mesh)
-  b = checkpoint.restore_params(tmp_path / "two", cfg, mesh)
-  start = checkpoint.restore_params(base, cfg, mesh)
+  cfg = model_folder.read_model_config(tmp_path / "one")
+  a = model_folder.restore_params(tmp_path / "one", cfg, mesh)
+  b = model_folder.restore_params(tmp_path / "two", cfg, mesh)
+  start = model_folder.restore_params(base, cfg, mesh)
   import jax
 
   for (path, x), y, x0 in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), jax.tree.leaves(start)):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from hb_jax import checkpoint
+from hb_jax import model_folder
 
 from train.common import TINY, tiny_model
 
@@ -33,7 +33,7 @@ def test_readme_python_finetune_runs_as_printed(tmp_path, monkeypatch):
   # model and pre-tokenised pairs, so no tokenizer is needed).
   monkeypatch.chdir(tmp_path)
   base_cfg = dataclasses.replace(TINY, max_position_embeddings=256)
-  checkpoint.save_model_folder("runs/demo/models/base", base_cfg, jax.device_get(tiny_model(0)[1]))
+  model_folder.save_model_folder("runs/demo/models/base", base_cfg, jax.device_get(tiny_model(0)[1]))
   rng = np.random.default_rng(0)
   seed = pathlib.Path("runs/demo/data/seed.jsonl")
   seed.parent.mkdir(parents=True)
@@ -45,5 +45,5 @@ def test_readme_python_finetune_runs_as_printed(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
   out = printed.getvalue().split()
   assert out[0] == "runs/ft/m0" and np.isfinite(float(out[1]))
-  assert checkpoint.is_model_folder("runs/ft/m0") and (tmp_path / "runs/ft/work/checkpoints").is_dir()
-  assert checkpoint.read_model_config("runs/ft/m0") == base_cfg
+  assert model_folder.is_model_folder("runs/ft/m0") and (tmp_path / "runs/ft/work/checkpoints").is_dir()
+  assert model_folder.read_model_config("runs/ft/m0") == base_cfg

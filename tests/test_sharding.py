@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from helpers import make_hf_llama, random_tokens
-from hb_jax import api, checkpoint, parallel
+from hb_jax import api, model_folder, parallel
 from hb_jax.config import ConfigError, MeshConfig, ModelConfig, build
 from hb_jax.model.kv_cache import KVCache
 from hb_jax.model.llama import Llama
@@ -172,9 +172,9 @@ def test_sharded_init_never_materialises_unsharded():
 
 def test_checkpoint_restores_onto_any_mesh(model_dir, tmp_path):
   mesh = make_mesh(MeshConfig(1, 4, 2))
-  cfg = checkpoint.read_model_config(model_dir)
-  params = checkpoint.restore_params(model_dir, cfg, mesh, TRAIN_RULES)
-  checkpoint.save_model_folder(tmp_path / "resaved", cfg, params)
-  back = checkpoint.restore_params(tmp_path / "resaved", cfg, single_device_mesh())
+  cfg = model_folder.read_model_config(model_dir)
+  params = model_folder.restore_params(model_dir, cfg, mesh, TRAIN_RULES)
+  model_folder.save_model_folder(tmp_path / "resaved", cfg, params)
+  back = model_folder.restore_params(tmp_path / "resaved", cfg, single_device_mesh())
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

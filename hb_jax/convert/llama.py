@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 from etils import epath
 
-from hb_jax import checkpoint
+from hb_jax import model_folder
 from hb_jax.config import ModelConfig
 from hb_jax.convert.hf_config import hf_config_from_model, hf_eos_token_id
 from hb_jax.convert.sources import ConversionError, TensorSource, open_source
@@ -176,17 +176,17 @@ def _convert_source(source: TensorSource, input_dir, output_dir: epath.Path, par
                               else _bf16(), place=jax.device_put)
   created = not output_dir.exists()
   try:
-    checkpoint.save_model_folder(output_dir, cfg, params, tokenizer_file=source.tokenizer_file,
+    model_folder.save_model_folder(output_dir, cfg, params, tokenizer_file=source.tokenizer_file,
                                  settings_files=source.settings_files,
                                  extra_json={"converted_from": str(input_dir),
                                              "source_dtype": getattr(source, "torch_dtype", None)},
                                  overwrite=overwrite)
   except BaseException:
     if created:
-      checkpoint.remove_tree(output_dir)
+      model_folder.remove_tree(output_dir)
     else:
-      for name in (checkpoint.MODEL_JSON, checkpoint.PARAMS_DIR):
-        checkpoint.remove_tree(output_dir / name)
+      for name in (model_folder.MODEL_JSON, model_folder.PARAMS_DIR):
+        model_folder.remove_tree(output_dir / name)
     raise
 
 
@@ -221,12 +221,12 @@ def export_hf(model_dir, output_dir, *, dtype: str = "float32", max_shard_bytes:
   model_dir, output_dir = epath.Path(model_dir), epath.Path(output_dir)
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
     raise ConversionError(f"{output_dir}: output exists and is not empty (pass --overwrite)")
-  cfg = checkpoint.read_model_config(model_dir)
-  params = checkpoint.restore_params(model_dir, cfg, single_device_mesh())
+  cfg = model_folder.read_model_config(model_dir)
+  params = model_folder.restore_params(model_dir, cfg, single_device_mesh())
   np_dtype = _bf16() if dtype == "bfloat16" else np.dtype(dtype)
   created = not output_dir.exists()
   tmp = output_dir.parent / (output_dir.name + ".partial")
-  checkpoint.remove_tree(tmp)
+  model_folder.remove_tree(tmp)
   try:
     tmp.mkdir(parents=True)
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -248,18 +248,18 @@ def export_hf(model_dir, output_dir, *, dtype: str = "float32", max_shard_bytes:
       (tmp / "model.safetensors.index.json").write_text(
           json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(json.dumps(hf_config_from_model(cfg, dtype), indent=2))
-    tok = checkpoint.tokenizer_path(model_dir)
+    tok = model_folder.tokenizer_path(model_dir)
     if tok is not None:
       tok.copy(tmp / tok.name)
-    for f in checkpoint.settings_paths(model_dir):
+    for f in model_folder.settings_paths(model_dir):
       if f.name != GENERATION_CONFIG:
         f.copy(tmp / f.name)
     (tmp / GENERATION_CONFIG).write_text(json.dumps(_generation_config(model_dir, cfg), indent=2))
     if output_dir.exists():
-      checkpoint.remove_tree(output_dir)
+      model_folder.remove_tree(output_dir)
     tmp.rename(output_dir)
   except BaseException:
-    checkpoint.remove_tree(tmp)
+    model_folder.remove_tree(tmp)
     if created:
-      checkpoint.remove_tree(output_dir)
+      model_folder.remove_tree(output_dir)
     raise

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from etils import epath
 
-from hb_jax.checkpoint import settings_paths
+from hb_jax.model_folder import settings_paths
 from hb_jax.config import ConfigError, ModelConfig
 from hb_jax.convert.hf_config import model_config_from_hf, model_config_from_meta
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from etils import epath
 
-from hb_jax import checkpoint
+from hb_jax import model_folder
 from hb_jax.config import ConfigError
 from hb_jax.data import records
 from hb_jax.eval import scaling as fitlib
@@ -240,7 +240,7 @@ def run_sizes(ctx, pool: Sequence[dict], steps: Mapping[int, int], evaluator: Ev
       results.append(result)
       continue
     trained = False
-    if not checkpoint.is_model_folder(model):
+    if not model_folder.is_model_folder(model):
       res = finetune(tc, base, d / "train.jsonl", model, train_dir, records=subset, overwrite=True)
       if not res.completed:
         raise RuntimeError(f"scaling: training of {model} stopped at step {res.step} of {res.num_steps} "

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import jax
 from etils import epath
 
-from hb_jax import checkpoint
+from hb_jax import model_folder
 from hb_jax.config import TrainConfig
 from hb_jax import jobs
 from hb_jax.data import prompts, records
@@ -138,7 +138,7 @@ def _prepare_files(ctx: Context) -> dict[str, str]:
       held = records.unique_by_id(held)
       records.write_jsonl(ctx.path("data/heldout.jsonl"), held)
   ctx.barrier("prepare")
-  if not checkpoint.is_model_folder(inp.base_model):
+  if not model_folder.is_model_folder(inp.base_model):
     raise FileNotFoundError(f"inputs.base_model: expected a model folder (model.json + params/), found none at "
                             f"{inp.base_model}; convert one with tools/convert_llama.py")
   outs = {p: file_hash(ctx.path(p)) for p in ("data/seed.jsonl", "data/segments.jsonl")}
@@ -185,7 +185,7 @@ def _prepare_synthetic(ctx: Context) -> dict[str, str]:
       records.write_bytes_atomic(tok_file, epath.Path(tmp).read_bytes())
   ctx.barrier("prepare-data")
   base = ctx.path("models/base")
-  if not checkpoint.is_model_folder(base):
+  if not model_folder.is_model_folder(base):
     _pretrain(ctx, world.pretrain, load_tokenizer(tok_file), tok_file, base)
   ctx.barrier("prepare-base")
   outs = {p: file_hash(ctx.path(p)) for p in ("data/seed.jsonl", "data/segments.jsonl", "data/heldout.jsonl")}
@@ -208,7 +208,7 @@ def _pretrain(ctx: Context, docs, tok, tok_file, out: epath.Path) -> None:
                       ctx.path("work/pretrain"), rules=with_overrides(TRAIN_RULES, tc.mesh))
   if not result.completed:
     raise RuntimeError("pretraining was preempted; rerun to continue from its checkpoint")
-  checkpoint.save_model_folder(out, cfg, result.state.params, tokenizer_file=tok_file, overwrite=True,
+  model_folder.save_model_folder(out, cfg, result.state.params, tokenizer_file=tok_file, overwrite=True,
                                extra_json={"pretrained_on": "synthetic world", "steps": result.step})
 
 
@@ -222,7 +222,7 @@ def _finetune(ctx: Context, tc: TrainConfig, name: str, recs: list[dict], data_r
   if ctx.is_writer:
     records.write_jsonl(ctx.path(data_rel), recs)
   ctx.barrier(f"data-{name}")
-  if not checkpoint.is_model_folder(out):  # a crash after the model was saved needs no retraining
+  if not model_folder.is_model_folder(out):  # a crash after the model was saved needs no retraining
     res = finetune(tc, ctx.model_dir("base"), ctx.path(data_rel), out, ctx.path(f"work/train/{name}"),
                    records=recs, tokenize=tokenize, overwrite=True)
     if not res.completed:

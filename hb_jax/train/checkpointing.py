@@ -1,4 +1,5 @@
-"""Training checkpoints: TrainState + the grain iterator state, via one Orbax CheckpointManager.
+"""Training-state checkpoints (not model folders: hb_jax/model_folder.py): TrainState + the grain iterator
+state, via one Orbax CheckpointManager.
 
 - Async: `save` returns once arrays are copied off the device; files are written in the background.
 - Atomic: Orbax writes each step into a temporary folder and finalises it (rename on local disks, a commit

@@ -23,7 +23,7 @@ import jax
 from etils import epath
 from jax.sharding import Mesh
 
-from hb_jax import checkpoint
+from hb_jax import model_folder
 from hb_jax.config import TrainConfig
 from hb_jax.data import loader
 from hb_jax.parallel import TRAIN_RULES, make_mesh, with_overrides
@@ -69,18 +69,18 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
   (tokenizer of the base folder + prompt templates for cfg.direction).
   """
   workdir, output_dir = epath.Path(workdir), epath.Path(output_dir)
-  if checkpoint.is_model_folder(output_dir) and not overwrite:
-    raise checkpoint.CheckpointError(f"{output_dir}: already a finished model folder (pass overwrite=True)")
-  base_cfg = checkpoint.read_model_config(base_model_dir)
+  if model_folder.is_model_folder(output_dir) and not overwrite:
+    raise model_folder.CheckpointError(f"{output_dir}: already a finished model folder (pass overwrite=True)")
+  base_cfg = model_folder.read_model_config(base_model_dir)
   mesh = mesh or make_mesh(cfg.mesh)
-  tokenizer_file = checkpoint.tokenizer_path(base_model_dir)
+  tokenizer_file = model_folder.tokenizer_path(base_model_dir)
   if records is None:
     records = loader.read_training_records(train_jsonl)
   needs_tokenizer = any("prompt_tokens" not in r for r in records)
   if tokenize is None and needs_tokenizer:
     if tokenizer_file is None:
-      raise checkpoint.CheckpointError(
-        f"{base_model_dir}: expected a tokenizer file ({' or '.join(checkpoint.TOKENIZER_FILES)}) to tokenize "
+      raise model_folder.CheckpointError(
+        f"{base_model_dir}: expected a tokenizer file ({' or '.join(model_folder.TOKENIZER_FILES)}) to tokenize "
         f"the text records of {train_jsonl}, found none; copy the base model's tokenizer into that folder "
         "(tools/convert_llama.py does when the source has one), or give records with prompt_tokens and "
         "response_tokens (from Python, tokenize= also works)")
@@ -100,13 +100,13 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
   model_cfg = loop.training_model_config(base_cfg, cfg)
   rules = with_overrides(TRAIN_RULES, cfg.mesh)
   result = loop.train(model_cfg, cfg, mesh, train_ex, workdir, val_examples=val_ex, rules=rules,
-                      init_params=lambda: checkpoint.restore_params(base_model_dir, base_cfg, mesh, rules))
+                      init_params=lambda: model_folder.restore_params(base_model_dir, base_cfg, mesh, rules))
   out = None
   if result.completed:
     extra = {"finetuned_from": str(base_model_dir), "train_jsonl": str(train_jsonl), "steps": result.step,
              "direction": cfg.direction, "data": data_stats}
     params = jax.tree.map(lambda x: x.astype(base_cfg.param_dtype), result.state.params)
-    out = str(checkpoint.save_model_folder(output_dir, base_cfg, params,
+    out = str(model_folder.save_model_folder(output_dir, base_cfg, params,
                                            tokenizer_file=tokenizer_file, extra_json=extra, overwrite=True))
   return FinetuneResult(completed=result.completed, output_dir=out, step=result.step,
                         num_steps=result.num_steps, train_loss=result.last_metrics.get("loss"),

@@ -1,6 +1,6 @@
 """The train step: masked cross-entropy, gradient accumulation, AdamW, all one jitted pure function.
 
-State is a `TrainState` of plain pytrees (params as the nested dict `checkpoint.py` stores, optax state,
+State is a `TrainState` of plain pytrees (params as the nested dict `hb_jax/model_folder.py` stores, optax state,
 step, base RNG key), so Orbax saves it as is and `jax.jit` donates it. The model's graph is split off once
 (`nnx.split`) and merged inside the traced function: no Python object traversal per step.
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from hb_jax import api, checkpoint
+from hb_jax import api, model_folder
 from hb_jax.config import ModelConfig
 from hb_jax.tokenizer import load_tokenizer, train_sentencepiece
 
@@ -27,7 +27,7 @@ def model_dir(tmp_path_factory):
   tok = load_tokenizer(tok_file)
   cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     intermediate_size=64, max_position_embeddings=512)
-  return checkpoint.save_model_folder(root / "model", cfg, random_params(cfg), tokenizer_file=tok_file)
+  return model_folder.save_model_folder(root / "model", cfg, random_params(cfg), tokenizer_file=tok_file)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from hb_jax import api, checkpoint
+from hb_jax import api, model_folder
 from hb_jax.config import MeshConfig, TrainConfig
 from hb_jax.data import prompts
 from hb_jax.train import finetune as ft
@@ -35,7 +35,7 @@ def test_pair_tokenizer_uses_the_prompt_templates():
 @pytest.mark.slow
 def test_finetune_end_to_end(tmp_path):
   base = tmp_path / "base"
-  checkpoint.save_model_folder(base, TINY, jax.device_get(tiny_model(0)[1]))
+  model_folder.save_model_folder(base, TINY, jax.device_get(tiny_model(0)[1]))
   rng = np.random.default_rng(5)
   records = [{"id": str(i), "prompt_tokens": [1] + rng.integers(3, 128, 5).tolist(),
               "response_tokens": rng.integers(3, 128, 6).tolist() + [2]} for i in range(12)]
@@ -69,5 +69,5 @@ def test_finetune_end_to_end(tmp_path):
   assert list((tmp_path / "work" / "tensorboard").glob("events.out.tfevents.*"))
 
   # A finished model folder is not overwritten by accident; a rerun of a finished run is a no-op train.
-  with pytest.raises(checkpoint.CheckpointError, match="already a finished model folder"):
+  with pytest.raises(model_folder.CheckpointError, match="already a finished model folder"):
     ft.finetune(cfg, base, train_jsonl, tmp_path / "m0", tmp_path / "work")
