@@ -313,12 +313,7 @@ def build(cls, data: Mapping[str, Any] | None, where: str):
   kwargs = {}
   for key, value in data.items():
     if key not in fields:
-      new = getattr(cls, "RENAMED", {}).get(key)
-      if new is not None:
-        raise ConfigError(f"{where}.{key} was renamed: set {where}.{new} instead")
-      near = difflib.get_close_matches(key, list(fields), n=1)
-      hint = f"; did you mean {where}.{near[0]}?" if near else f"; expected one of {sorted(fields)}"
-      raise ConfigError(f"{where}.{key}: unknown key{hint}")
+      raise _unknown_key(cls, key, where)
     kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
   try:
     return cls(**kwargs)
@@ -339,6 +334,18 @@ def _located(message: str, where: str, fields) -> str:
   return f"{where}: {message}"
 
 
+def _unknown_key(cls, key: str, where: str) -> ConfigError:
+  """The error for `key`, which section `cls` (at `where`) lacks: the key that replaced it (the class's RENAMED
+  table), else the nearest field."""
+  new = getattr(cls, "RENAMED", {}).get(key)
+  if new is not None:
+    return ConfigError(f"{where}.{key} was renamed: set {where}.{new} instead")
+  fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+  near = difflib.get_close_matches(key, fields, n=1)
+  hint = f"; did you mean {where}.{near[0]}?" if near else f"; expected one of {fields}"
+  return ConfigError(f"{where}.{key}: unknown key{hint}")
+
+
 def check_key(cls, dotted: str, where: str = "config") -> None:
   """Raises the ConfigError `build` would give for a dotted key (e.g. an absl `--config.a.b=` override) that
   names no field of `cls`'s section tree: the renamed key's replacement, or the nearest known key."""
@@ -348,12 +355,7 @@ def check_key(cls, dotted: str, where: str = "config") -> None:
       raise ConfigError(f"{path} is a value, not a section: {where}.{dotted} names no key")
     fields = {f.name for f in dataclasses.fields(node) if f.init}
     if part not in fields:
-      new = getattr(node, "RENAMED", {}).get(part)
-      if new is not None:
-        raise ConfigError(f"{path}.{part} was renamed: set {path}.{new} instead")
-      near = difflib.get_close_matches(part, sorted(fields), n=1)
-      hint = f"; did you mean {path}.{near[0]}?" if near else f"; expected one of {sorted(fields)}"
-      raise ConfigError(f"{path}.{part}: unknown key{hint}")
+      raise _unknown_key(node, part, path)
     hint = typing.get_type_hints(node)[part]
     inner = [a for a in typing.get_args(hint) if a is not type(None)]
     node = inner[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1 else hint
