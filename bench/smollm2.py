@@ -26,6 +26,8 @@ import zipfile
 
 import numpy as np
 
+from bench.sample import _time  # best of N wall-clock runs
+
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.", "What is 17 * 23?",
     "Give me three tips for sleeping better.", "Explain photosynthesis in one sentence.",
@@ -61,13 +63,6 @@ def _answer_length(tokens, eos_ids) -> int:
   return next((j for j, x in enumerate(tokens) if x in eos_ids), len(tokens))
 
 
-def _best(fn, repeats: int) -> float:
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
 
 
 def main(argv: list[str]) -> dict:
@@ -132,8 +127,8 @@ def main(argv: list[str]) -> dict:
       return out[:, width:].tolist()
 
     got, want = ours(), ref()  # compile / warm up
-    t_ours = _best(ours, 2)
-    t_ref = _best(ref, 2 if b <= 8 else 1)
+    t_ours = _time(ours, 2)
+    t_ref = _time(ref, 2 if b <= 8 else 1)
     # min_new_tokens keeps transformers from writing EOS at all, so rows are compared through hb_jax's first
     # end of turn (the answer itself); after it the two runs continue from different tokens.
     cut = [_answer_length(g, cfg.eos_ids) for g in got]
@@ -168,7 +163,7 @@ def main(argv: list[str]) -> dict:
     return np.array(out)
 
   got_ll, want_ll = ours_ll(), ref_ll()
-  t_ours_ll, t_ref_ll = _best(ours_ll, 2), _best(ref_ll, 2)
+  t_ours_ll, t_ref_ll = _time(ours_ll, 2), _time(ref_ll, 2)
   diff = float(np.max(np.abs(np.asarray(got_ll) - want_ll) / np.abs(want_ll)))
   score = dict(ours=scored / t_ours_ll, reference=scored / t_ref_ll, ratio=t_ref_ll / t_ours_ll,
                max_rel_diff=diff, sequences=len(ids), tokens=scored)
