@@ -16,8 +16,9 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
+# The tpu extra (libtpu, ~700 MB) lets tests/test_preflight.py compile for TPU topologies on this CPU machine.
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) -e '.[test,convert,beam]'
+	$(PIP) -e '.[test,convert,beam,tpu]'
 	touch $@
 
 # A real pretrained chat model for tests/test_real_model.py: SmolLM2-135M-Instruct as llama.cpp's GGUF (Q4_1)

@@ -68,15 +68,19 @@ REPLICABLE_PARAM_AXES = ("kv_heads",)
 # ------------------------------------------------------------------------------------------------ mesh
 
 
-def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None, *,
+              all_devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh over `devices` (default: all), -1 filling the rest.
 
-  Axis order puts 'tensor' innermost so tensor-parallel collectives stay within a host's fast links.
+  Axis order puts 'tensor' innermost so tensor-parallel collectives stay within a host's fast links. The
+  whole job's devices are laid out by jax.make_mesh (physical topology); `all_devices` names them when they
+  are not this process's jax.devices() (hb_jax.preflight: the compile-only devices of a TPU slice).
   """
-  devices = list(jax.devices() if devices is None else devices)
+  all_devices = list(jax.devices() if all_devices is None else all_devices)
+  devices = all_devices if devices is None else list(devices)
   shape = config.resolve(len(devices))
-  if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  if devices == all_devices:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 

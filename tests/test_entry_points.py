@@ -76,6 +76,10 @@ def _cases(tmp: pathlib.Path) -> list[tuple[str, list[str], int, list[str]]]:
      2, ["--tag=bogus"]),
     ("hb-judge", [str(BIN / "hb-judge"), "--model", "m", "--outputs_a", "a", "--outputs_b", "b", "--output", "o",
                   "stray"], 2, ["'stray'"]),
+    ("preflight: topology", [*_tool("preflight"), f"--config={tiny}", "--topology=v9-8"], 1,
+     ["--topology='v9-8'", "expected a TPU slice"]),
+    ("hb-preflight", [str(BIN / "hb-preflight"), f"--config={tiny}", "--config.train.seeed=1"], 2,
+     ["--config.train.seeed: unknown key", "did you mean --config.train.seed?"]),
     ("hb-eval-mc", [str(BIN / "hb-eval-mc"), "--model", str(empty), "--input", str(bad), "--output", "m.json"], 1,
      [str(empty), "model.json"]),
   ]

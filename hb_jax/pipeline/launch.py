@@ -34,6 +34,11 @@ _COORD = flags.DEFINE_string("coordinator_address", "", "multi-process: host:por
 _NPROC = flags.DEFINE_integer("num_processes", 0, "multi-process: number of processes")
 _PID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "show the traceback of a user's mistake too (it prints one line)")
+_PREFLIGHT = flags.DEFINE_bool("preflight", False, "compile every stage for --topology and report, run nothing "
+                               "(tools/preflight.py; with its --topology, --stages, --preset, --json)")
+from hb_jax.preflight.cli import define_flags as _preflight_flags  # noqa: E402
+
+_preflight_flags(flags.FLAGS, with_config=False)
 
 
 def main(argv) -> int:
@@ -47,6 +52,8 @@ def main(argv) -> int:
   from hb_jax.pipeline.config import from_file_value
   from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
 
+  if _PREFLIGHT.value:
+    return _preflight()
   import jax
   initialize_distributed(DistributedConfig(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                            process_id=_PID.value))
@@ -79,3 +86,14 @@ def main(argv) -> int:
     print(f"[hb_jax] report: {os.path.join(workdir, 'report', 'report.md')}", flush=True)
   return 0
 
+
+def _preflight() -> int:
+  """`--preflight`: the config file and its --config.a.b overrides as given, compiled by hb_jax.preflight."""
+  from hb_jax.preflight.cli import run_preflight
+  from hb_jax.preflight.libtpu import MissingLibtpu
+  fl = flags.FLAGS
+  overrides = [fl[name].serialize()[len("--config."):] for name in fl
+               if name.startswith("config.") and fl[name].present]
+  spec = config_flags.get_config_filename(fl["config"])
+  return cli.guarded(lambda: run_preflight(spec, overrides, fl.topology, fl.stages, fl.preset, fl.json),
+                     verbose=_VERBOSE.value, also=(MissingLibtpu, ValueError, KeyError))
