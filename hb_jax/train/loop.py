@@ -163,8 +163,10 @@ def train(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh, train_examples: Sequenc
                       "bit-identical to an unresized run (summation order; dropout masks follow the row layout)",
                       resumed_from, written_by, jax.process_count())
       else:
-        params = None if init_params is None else init_params()
-        state = step_lib.init_state(cfg, tx, mesh, seed=tc.seed, params=params, rules=rules)
+        # The restored base is only passed through: held here, a bf16 folder's params would stay in HBM beside
+        # their fp32 copy for the whole run (2 bytes per parameter per shard).
+        state = step_lib.init_state(cfg, tx, mesh, seed=tc.seed, rules=rules,
+                                    params=None if init_params is None else init_params())
       step = int(jax.device_get(state.step))
       if step != (resumed_from or 0):
         raise RuntimeError(f"checkpoint step {resumed_from} holds state.step {step}")
