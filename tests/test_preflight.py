@@ -17,6 +17,7 @@ from hb_jax.config import ConfigError, ModelConfig
 from hb_jax.estimate import memory as est_memory
 from hb_jax.parallel import SERVE_RULES, TRAIN_RULES
 from hb_jax.preflight import cli, libtpu, topology
+from hb_jax.preflight.report import format_markdown, format_text
 from hb_jax.preflight.run import preflight
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +72,13 @@ def test_every_stage_compiles_for_the_slice(report):
   row = next(p for p in d["programs"] if p["program"] == "train_step")
   assert set(row["hbm_bytes"]) >= {"arguments", "outputs", "temporaries", "code", "total"}
   assert {"estimate_hbm_bytes", "flops", "bytes_accessed", "estimate_flops", "compile_s", "fits"} <= set(row)
+  assert "| curate_1 generate, curate_2 generate | refill | 8 |" in format_markdown(d)
+  assert "curate_1 generate refill: 16 rows" in format_text(report)
+  # Restoring a model folder: one row per layout, the stages that restore onto it named.
+  train, serve = report.restores
+  assert train.stage == "backward, seed, train_1, train_2, no_curation" and train.layout == "train"
+  assert train.bytes["total"] == 3 * train.bytes["stored_params"]  # fp32 folder: params + AdamW's two moments
+  assert serve.stage == "augment, curate_1, curate_2, evaluate" and serve.fits
 
 
 @needs_libtpu

@@ -143,18 +143,20 @@ def _compute(cfg: ModelConfig, target) -> str:
 
 
 def restore_estimate(cfg: ModelConfig, stored_dtype: str, mesh, rules, *, train: bool) -> dict[str, float]:
-  """Bytes per device while a model folder is restored onto the mesh (analytic, from the shard shapes): the
-  stored params (Orbax writes each device's shard straight into HBM); for training also their fp32 copy
-  (hb_jax.train.step.init_state) and the AdamW moments initialised beside it."""
+  """Peak bytes per device while a model folder is restored onto the mesh (analytic, from the shard shapes).
+  Orbax writes each device's shard of the stored params straight into HBM. Training then makes their fp32
+  copy beside them (hb_jax.train.step.init_state; the stored ones are freed once it exists) and initialises
+  the AdamW moments beside that: the peak is the larger of the two moments."""
   from hb_jax.parallel import abstract_params
-  stored = dataclasses.replace(cfg, param_dtype=stored_dtype)
-  params = shard_bytes(abstract_params(stored, mesh, rules))
-  out = {"stored_params": params}
+  stored = shard_bytes(abstract_params(dataclasses.replace(cfg, param_dtype=stored_dtype), mesh, rules))
+  out = {"stored_params": stored}
   if train:
     fp32 = shard_bytes(abstract_params(dataclasses.replace(cfg, param_dtype="float32"), mesh, rules))
     out["fp32_params"] = fp32 if stored_dtype != "float32" else 0.0
     out["adamw_fp32"] = 2 * fp32
-  out["total"] = sum(out.values())
+    out["total"] = max(stored + out["fp32_params"], fp32 + 2 * fp32)
+  else:
+    out["total"] = stored
   return out
 
 

@@ -78,10 +78,10 @@ def format_text(report) -> str:
           for g, v in m.groups.items()) + f"; estimate {m.estimate['arguments'] / GB:.3f}")
     lines += [f"      {n}" for n in m.notes]
   if report.restores:
-    lines += ["", "restoring a model folder onto the mesh (analytic, from the shard shapes; peak per device):"]
+    lines += ["", "restoring a model folder onto the mesh (analytic, from the shard shapes; per device):"]
     for r in report.restores:
-      parts = " + ".join(f"{k} {v / GB:.2f}" for k, v in r.bytes.items() if k != "total" and v)
-      lines.append(f"  {r.stage} ({r.layout} layout, {r.devices} devices): {parts} = {r.bytes['total'] / GB:.2f} GB"
+      parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in r.bytes.items() if k != "total" and v)
+      lines.append(f"  {r.stage} ({r.layout} layout, {r.devices} devices): {parts}; peak {r.bytes['total'] / GB:.2f} GB"
                    + ("" if r.fits else " (does not fit)"))
   misfits = report.misfits
   if misfits:

@@ -177,30 +177,32 @@ def preflight(spec: str, overrides: Sequence[str] = (), topology_name: str | Non
 
 
 def restore_rows(pcfg, est, serve_cfg: ModelConfig, target, serve) -> list[Restore]:
-  """Peak bytes per device of restoring the stage's model folder onto its mesh (analytic, from shard shapes)."""
+  """Peak bytes per device of restoring a stage's model folder onto its mesh (analytic, from the shard shapes),
+  one row per layout (stages restoring onto the same one are listed together)."""
   from hb_jax.parallel import SERVE_RULES, TRAIN_RULES, make_mesh, with_overrides
   from hb_jax.train import loop
-  out, seen = [], set()
+  rows: dict[Any, Restore] = {}
   for s in est.stages:
     if s.kind == "train":
-      name = s.stage
-      tc = pcfg.backward if name == "backward" and not pcfg.ablation.joint else pcfg.train
-      mesh = make_mesh(tc.mesh, target.devices, all_devices=target.devices)
-      cfg = loop.training_model_config(serve_cfg, tc)
-      parts = prog.restore_estimate(cfg, serve_cfg.param_dtype, mesh, with_overrides(TRAIN_RULES, tc.mesh),
-                                    train=True)
-      layout = "train"
+      tc = pcfg.backward if s.stage == "backward" and not pcfg.ablation.joint else pcfg.train
+      key = ("train", tc.mesh)
+      if key not in rows:
+        mesh = make_mesh(tc.mesh, target.devices, all_devices=target.devices)
+        parts = prog.restore_estimate(loop.training_model_config(serve_cfg, tc), serve_cfg.param_dtype, mesh,
+                                      with_overrides(TRAIN_RULES, tc.mesh), train=True)
+        rows[key] = Restore("", "train", prog.target_size(mesh), parts, True)
     else:
-      if "serve" in seen:
-        continue
-      name, layout = "augment, curate, evaluate", "serve"
-      parts = prog.restore_estimate(serve_cfg, serve_cfg.param_dtype, serve.mesh,
-                                    with_overrides(SERVE_RULES, pcfg.mesh), train=False)
-      mesh = serve.mesh
-    seen.add(layout)
-    fits = target.hbm_bytes is None or parts["total"] <= target.hbm_bytes
-    out.append(Restore(name, layout, prog.target_size(mesh), parts, fits))
-  return out
+      key = ("serve",)
+      if key not in rows:
+        parts = prog.restore_estimate(serve_cfg, serve_cfg.param_dtype, serve.mesh,
+                                      with_overrides(SERVE_RULES, pcfg.mesh), train=False)
+        rows[key] = Restore("", "serve", prog.target_size(serve.mesh), parts, True)
+    name = s.stage.split(" ")[0]
+    if name not in rows[key].stage.split(", "):
+      rows[key].stage = ", ".join(filter(None, [rows[key].stage, name]))
+  for r in rows.values():
+    r.fits = target.hbm_bytes is None or r.bytes["total"] <= target.hbm_bytes
+  return list(rows.values())
 
 
 # ------------------------------------------------------------------------------------------------ compile
