@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 # Test processes (pytest-xdist; whole files per worker, so module fixtures run once). Two fit this 2-core
-# machine: much of the suite is single-threaded XLA compilation, and the suite takes ~8 instead of ~11 min.
+# machine: much of the suite is single-threaded XLA compilation (README, Tests, has the measured times).
 # TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
