@@ -156,9 +156,11 @@ def preflight(spec: str, overrides: Sequence[str] = (), topology_name: str | Non
   est = est_lib.estimate(loaded.pipeline, serve_cfg, hw, len(target.devices), assumptions, config_name=spec,
                          model_name=loaded.model_name)
   if stages:
+    known = [s.stage for s in est.stages]
+    unknown = [n for n in stages if not any(n in (k, k.split(" ")[0]) for k in known)]
+    if unknown:
+      raise ConfigError(f"--stages: {unknown[0]!r} is no stage of this run; its stages: {', '.join(known)}")
     est.stages = [s for s in est.stages if s.stage in stages or s.stage.split(" ")[0] in stages]
-    if not est.stages:
-      raise ConfigError(f"--stages={','.join(stages)}: no such stage in this run")
   needs_serving = any(s.kind != "train" for s in est.stages)
   serve = prog.ServeSetup.make(serve_cfg, loaded.pipeline, target) if needs_serving else None
   planned = stage_programs(loaded.pipeline, est, serve_cfg, target, serve)
