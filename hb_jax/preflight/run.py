@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import math
 import time
 from typing import Any, Sequence
@@ -26,8 +25,6 @@ import jax.numpy as jnp
 
 from hb_jax.config import ConfigError, ModelConfig
 from hb_jax.preflight import hlo_cost, programs as prog, topology
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
