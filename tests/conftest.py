@@ -1,12 +1,29 @@
 """Test-wide set-up: 8 simulated CPU devices, so mesh tests run anywhere.
 
 XLA reads the flag once, at backend start, so it must be set before anything imports jax.
+
+`model_dir` / `lm`: one tiny model folder (random weights + a small sentencepiece tokenizer) for the tests
+that need a model with a tokenizer and not a trained one (evaluators, curation). Session-scoped and built
+only when a test asks for it: the folder is saved and opened with `hb_jax.api.load`, the path every
+command line takes. One model, so jitted programs are shared.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.xla_flags import for_devices  # noqa: E402  (no imports of its own)
+
+os.environ.setdefault("XLA_FLAGS", for_devices(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import random  # noqa: E402  (after the environment above)
+
+import pytest  # noqa: E402
+
+from hb_jax import api, model_folder  # noqa: E402
+from hb_jax.config import ModelConfig  # noqa: E402
+from hb_jax.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
+
+from tests.eval.common import WORDS, random_params  # noqa: E402
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -15,3 +32,22 @@ def pytest_collection_modifyitems(session, config, items):
   picking up a several-minute file while the other has already run out of work."""
   slow_files = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow_files)  # stable: order within each group is kept
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval_model")
+  rng = random.Random(0)
+  corpus = root / "corpus.txt"
+  lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(2000)]
+  corpus.write_text("\n".join(lines + ["[INST] Answer: A. B. C. D. ? [/INST]"] * 50) + "\n")
+  tok_file = train_sentencepiece([str(corpus)], root / "tok", vocab_size=400)
+  tok = load_tokenizer(tok_file)
+  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                    intermediate_size=64, max_position_embeddings=512)
+  return model_folder.save_model_folder(root / "model", cfg, random_params(cfg), tokenizer_file=tok_file)
+
+
+@pytest.fixture(scope="session")
+def lm(model_dir):
+  return api.load(model_dir)

@@ -53,27 +53,32 @@ def test_every_stage_compiles_for_the_slice(report):
   assert report.target.describe()["devices"] == 8 and report.target.hosts == 1
   assert report.chip_hbm_bytes == pytest.approx(15.75 * 2**30)  # v5e: the compiler's own limit
   stages = {m.stage for m in report.programs}
-  # configs/tiny.py curates with `digits` and compares `generate` and `likelihood`.
-  assert stages == {"backward", "augment", "seed", "curate_1", "curate_1 generate", "curate_1 likelihood",
-                    "train_1", "curate_2", "curate_2 generate", "curate_2 likelihood", "train_2", "no_curation",
-                    "evaluate"}
+  # configs/tiny.py curates with `generate` (its fallback reads the digits after the reasoning) and compares
+  # `digits` and `likelihood`.
+  assert stages == {"backward", "augment", "seed", "train_1", "train_2", "no_curation", "evaluate"} | {
+    f"curate_{t}{m}" for t in (1, 2) for m in ("", " fallback", " digits", " likelihood")}
   names = {(m.stage, m.program) for m in report.programs}
   for program in ("prefill_prefix", "init_state", "refill", "decode", "compact"):
-    assert ("curate_1 generate", program) in names  # the rubric is a shared prefix
-  assert ("augment", "refill") in names and ("curate_1", "next_token_logprobs") in names
+    assert ("curate_1", program) in names  # the rubric is a shared prefix
+  assert ("augment", "refill") in names and ("curate_1 digits", "next_token_logprobs") in names
+  fallback = next(m for m in report.programs if m.stage == "curate_1 fallback" and m.program == "next_token_logprobs")
+  digits = next(m for m in report.programs if m.stage == "curate_1 digits" and m.program == "next_token_logprobs")
+  def tokens(m):
+    return int(m.shape.split(" rows x ")[1].split(" ")[0])
+  assert tokens(fallback) >= tokens(digits)  # its rows add the reasoning (here within the same length bucket)
   assert ("curate_1 likelihood", "loglikelihood") in names and ("seed", "train_step") in names
   for m in report.programs:
     assert m.hbm is not None and m.fits, (m.stage, m.program)
     assert m.devices == 8, (m.stage, m.program)  # training: FSDP over 8; inference: 4 replicas x 2 on the host
     assert m.program == "train_step" or "rows" in m.shape or "tokens" in m.shape
-  assert [m.same_as for m in report.programs if m.stage == "curate_2 generate"] == ["curate_1 generate"] * 5
+  assert [m.same_as for m in report.programs if m.stage == "curate_2"] == ["curate_1"] * 5
   d = report.to_dict()
   json.dumps(d)
   row = next(p for p in d["programs"] if p["program"] == "train_step")
   assert set(row["hbm_bytes"]) >= {"arguments", "outputs", "temporaries", "code", "total"}
   assert {"estimate_hbm_bytes", "flops", "bytes_accessed", "estimate_flops", "compile_s", "fits"} <= set(row)
-  assert "| curate_1 generate, curate_2 generate | refill | 8 |" in format_markdown(d)
-  assert "curate_1 generate refill: 16 rows" in format_text(report)
+  assert "| curate_1, curate_2 | refill | 8 |" in format_markdown(d)
+  assert "curate_1 refill: 16 rows" in format_text(report)
   # Restoring a model folder: one row per layout, the stages that restore onto it named.
   train, serve = report.restores
   assert train.stage == "backward, seed, train_1, train_2, no_curation" and train.layout == "train"

@@ -11,10 +11,9 @@ the `[INST]` wrapper (`chat_style`).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 TAG_SEED = "Answer in the style of an AI Assistant."
 TAG_AUGMENTED = "Answer with knowledge from web search."
@@ -179,21 +178,22 @@ def backward_target(instruction: str, style: PromptStyle = DEFAULT_STYLE) -> str
   return style.answer_prefix + instruction
 
 
-def curation_prompt(instruction: str, output: str, style: PromptStyle = DEFAULT_STYLE) -> str:
-  """The paper's Table-1 prompt with the candidate filled in, inside the chat wrapper."""
-  return style.wrap(style.curation_header + f"{instruction}\n{output}")
+def curation_prompt(instruction: str, output: str, style: PromptStyle = DEFAULT_STYLE, tag: str = "") -> str:
+  """The paper's Table-1 prompt with the candidate filled in, inside the chat wrapper; a rater trained with
+  tags reads it with its seed tag, as it reads any instruction."""
+  return forward_prompt(style.curation_header + f"{instruction}\n{output}", tag, style)
 
 
 def rating_context(instruction: str, output: str, reasoning: str | None = None,
-                   style: PromptStyle = DEFAULT_STYLE) -> str:
+                   style: PromptStyle = DEFAULT_STYLE, tag: str = "") -> str:
   """The text right before the rating digit, for reading p("1".."5") instead of sampling.
 
-  Without reasoning the answer starts directly with `Score:`; with reasoning (e.g. a greedy generation cut
-  before its score line) it is `{reasoning}\\nScore:`. The digit follows after one space: see
-  `rating_query` for the token-level split that is safe for both tokenizer backends.
+  Without reasoning the answer starts directly with `Score:`; with reasoning (the `generate` rater's own
+  text, cut before an unfinished last line) it is `{reasoning}\nScore:`. The digit follows after one
+  space: see `rating_query` for the token-level split that is safe for both tokenizer backends.
   """
-  answer = "Score:" if not reasoning else reasoning.rstrip() + "\nScore:"
-  return curation_prompt(instruction, output, style) + style.answer_prefix + answer
+  answer = "Score:" if not (reasoning and reasoning.strip()) else reasoning.rstrip() + "\nScore:"
+  return curation_prompt(instruction, output, style, tag) + style.answer_prefix + answer
 
 
 RATING_DIGITS = ("1", "2", "3", "4", "5")
@@ -227,10 +227,11 @@ def option_query(tok: Any, text: str, options: Sequence[str], bos: bool = True) 
 
 
 def rating_query(tok: Any, instruction: str, output: str, reasoning: str | None = None,
-                 style: PromptStyle = DEFAULT_STYLE, bos: bool = True) -> RatingQuery:
+                 style: PromptStyle = DEFAULT_STYLE, bos: bool = True, tag: str = "") -> RatingQuery:
   """Splits `rating_context(...) + " k"` into shared context tokens and one token per digit k (the split
   the model sees in its own "Score: k": sentencepiece gives `▁`,`4`; LLaMA-3 BPE gives `Ġ4`)."""
-  context, digit_ids = option_query(tok, rating_context(instruction, output, reasoning, style), RATING_DIGITS, bos)
+  context, digit_ids = option_query(tok, rating_context(instruction, output, reasoning, style, tag), RATING_DIGITS,
+                                    bos)
   return RatingQuery(context=context, digit_ids=digit_ids)
 
 
@@ -250,47 +251,3 @@ def parse_rating(generated: str, prompt: str | None = None) -> int | None:
     generated = generated[len(prompt):]
   matches = SCORE_RE.findall(generated)
   return int(matches[-1]) if matches else None
-
-
-@dataclasses.dataclass
-class RatingCounter:
-  """Counts parsed and unparseable ratings (the paper's reproduction lost 45% of ratings silently)."""
-  parsed: int = 0
-  unparseable: int = 0
-  histogram: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  unparseable_examples: list[str] = dataclasses.field(default_factory=list)
-  max_examples: int = 5
-
-  def add(self, generated: str, prompt: str | None = None) -> int | None:
-    rating = parse_rating(generated, prompt)
-    if rating is None:
-      self.unparseable += 1
-      if len(self.unparseable_examples) < self.max_examples:
-        self.unparseable_examples.append(generated[-200:])
-    else:
-      self.parsed += 1
-      self.histogram[rating] += 1
-    return rating
-
-  def extend(self, generations: Iterable[str]) -> list[int | None]:
-    return [self.add(g) for g in generations]
-
-  def to_dict(self) -> dict:
-    total = self.parsed + self.unparseable
-    return {
-      "parsed": self.parsed,
-      "unparseable": self.unparseable,
-      "unparseable_fraction": self.unparseable / total if total else 0.0,
-      "histogram": {str(k): self.histogram.get(k, 0) for k in range(1, 6)},
-      "unparseable_examples": list(self.unparseable_examples),
-    }
-
-
-def expected_rating(probs: Sequence[float]) -> float:
-  """Expected rating from p("1".."5") (renormalized over the five digits)."""
-  if len(probs) != 5:
-    raise ValueError(f"expected_rating: expected 5 probabilities, found {len(probs)}")
-  total = float(sum(probs))
-  if not total > 0:
-    raise ValueError(f"expected_rating: expected a positive total probability, found {total}")
-  return sum((k + 1) * float(p) for k, p in enumerate(probs)) / total

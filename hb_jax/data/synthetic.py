@@ -241,6 +241,11 @@ def _web_only(cfg: WorldConfig, caps) -> frozenset[str]:
   return frozenset(rng.sample(sorted(caps), round(cfg.web_only_fraction * len(caps))))
 
 
+def is_judging_demo(pair: dict) -> bool:
+  """A seed pair that demonstrates the judging task (its output starts with the rating), not an answer."""
+  return pair["output"].startswith("Score: ")
+
+
 def build_world(cfg: WorldConfig = WorldConfig(), curation_header: str = COMPACT_CURATION_HEADER) -> World:
   """The world for `cfg`; judging demonstrations use `curation_header` (the one curation will prompt with)."""
   caps = _capitals(cfg)

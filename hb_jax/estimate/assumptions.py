@@ -29,6 +29,9 @@ class Assumptions:
   seed_output_tokens: float = 280.0  # oasst1 rank-0 replies
   generated_instruction_tokens: float = 40.0  # what M_yx writes per segment (EOS-terminated)
   rating_tokens: float = 100.0  # brief reasoning + "Score: k" (curation max_new_tokens caps it)
+  # Ratings whose text holds no `Score: k` (curate.fallback reads them from p(1..5) after the reasoning): the
+  # share a public 7B reproduction lost.
+  unparsed_ratings: float = 0.45
   eval_instruction_tokens: float = 40.0
   eval_output_tokens: float = 300.0  # greedy answers (evaluate max_new_tokens caps it)
   eval_instruction_max_tokens: int = 480  # sizes the largest length bucket of an evaluation batch

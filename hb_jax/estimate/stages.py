@@ -267,9 +267,12 @@ def estimate(pcfg, model: ModelConfig, hw: Hardware, chips: int, a: Assumptions 
         n = candidates if (method == c.method or method != "generate" or not c.generate_sample) \
             else min(candidates, c.generate_sample)
         if method == "generate":
-          out.append(e.generate(name, n, L.curation_suffix, L.curation_suffix_max,
-                                min(a.rating_tokens, c.sampling.max_new_tokens), c.sampling.max_new_tokens, c.batch,
-                                prefix=L.curation_prefix))
+          rated = min(a.rating_tokens, c.sampling.max_new_tokens)
+          out.append(e.generate(name, n, L.curation_suffix, L.curation_suffix_max, rated,
+                                c.sampling.max_new_tokens, c.batch, prefix=L.curation_prefix))
+          if c.fallback:  # the ratings without a score line: one forward after their reasoning + "Score:"
+            out.append(e.score(f"curate_{t} fallback", n * a.unparsed_ratings, L.curation_suffix + rated + 3,
+                               SampleConfig().score_batch, prefix=L.curation_prefix))
         elif method == "digits":
           out.append(e.score(name, n, L.curation_suffix + 3, SampleConfig().score_batch, prefix=L.curation_prefix))
         else:

@@ -43,6 +43,10 @@ class InputsConfig:
   seed_per_family: int = 6
   seed_families: tuple[str, ...] = FAMILIES  # see synthetic.WorldConfig
   rating_demos: int = 60
+  # The synthetic seed's judging demonstrations (rated examples in the curation prompt's format) are
+  # supervision the paper's seed lacks. False leaves them out of data/seed.jsonl only: the world, its
+  # tokenizer and the base model stay the same, so a run with and without them differs in that alone.
+  judging_demos: bool = True
   pool_size: int = 900
   good_fraction: float = 0.35
   heldout_per_family: int = 40
@@ -88,6 +92,9 @@ class CurateConfig:
   batch: int = 16
   chunk_records: int = 256
   header: str = "paper"  # paper: Table 1 verbatim; compact: the demo's short rubric
+  # generate: a rating with no parseable `Score: k` is read from p("1".."5") after its reasoning (route
+  # "fallback") instead of being lost (route "none"); see hb_jax/pipeline/curation.py.
+  fallback: bool = True
   RENAMED: ClassVar[dict[str, str]] = _SAMPLING_MOVED
 
   def __post_init__(self):
@@ -281,14 +288,21 @@ def upgrade_section(node: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
   return _filled(out, section(PipelineConfig(name="run"), kind))
 
 
+# Fields added after a stage could have been recorded, whose behaviour before they existed is not their
+# default: a recorded section without one ran as the value here (curate: ratings without a score line were
+# unrated before the fallback), so resuming such a workdir under today's default is seen as the change it is.
+_BEFORE_ADDED: dict[str, dict[str, Any]] = {"curate": {"fallback": False}}
+
+
 def upgrade_recorded(config: Mapping[str, Any], keys: Sequence[str] = ()) -> dict:
   """A stage's recorded config subset ({dotted key: value}) in today's layout; `keys`: the dotted keys the
-  stage hashes today (one it did not hash then is read as its default)."""
+  stage hashes today (one it did not hash then is read as its default, or as `_BEFORE_ADDED` says)."""
   defaults = PipelineConfig(name="run")
   out = {}
   for key, value in config.items():
     if key in _MOVED and isinstance(value, Mapping):
-      out[key] = upgrade_section(value, key)
+      out[key] = {**upgrade_section(value, key),
+                  **{k: v for k, v in _BEFORE_ADDED.get(key, {}).items() if k not in value}}
     elif key == "base" and isinstance(value, Mapping) and isinstance(value.get("train"), Mapping):
       out[key] = _filled({**value, "train": upgrade_section(value["train"], "train")}, section(defaults, key))
     else:

@@ -1,7 +1,11 @@
 """Self-curation: three ways for a model to rate candidate (instruction, output) pairs on the 1-5 scale.
 
   generate    the paper: sample a rating with the Table-1 prompt, parse the last `Score: k` of the generated
-              text (hb_jax.data.prompts.parse_rating); unparseable ratings get score None and are counted.
+              text (hb_jax.data.prompts.parse_rating). When the text holds none (a small or chat model
+              often writes no score line within its budget), the fallback (`curate.fallback`, on by
+              default) keeps the reasoning minus an unfinished last line, appends `Score:` and takes the
+              expected rating from p("1".."5"), as `digits` does after that reasoning. Every record says
+              which `route` gave its score: parsed, fallback, or none (unrated: only with the fallback off).
   digits      the expected rating from p("1".."5") right after `Score:` (one forward pass, no decoding).
   likelihood  ours: how readily the rater would have written this answer itself. 1 + 4 * exp(mean log p) of
               the output tokens (EOS included) given the forward prompt of the instruction: the geometric
@@ -17,43 +21,38 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from hb_jax.config import SampleConfig, SamplingConfig
+from hb_jax.config import SampleConfig
 from hb_jax.data import prompts
-from hb_jax.sample import plan
+from hb_jax.sample import plan, scoring
 
 RATING_DIGITS = prompts.RATING_DIGITS
 
 
-def rater_prompt(instruction: str, output: str, style: prompts.PromptStyle, tag: str) -> str:
-  return prompts.forward_prompt(style.curation_header + f"{instruction}\n{output}", tag, style)
+ROUTES = ("parsed", "fallback", "none")
 
 
-def digit_query(tok, instruction: str, output: str, style: prompts.PromptStyle, tag: str) -> tuple[list[int], list[int]]:
-  """(context ids ending right after 'Score:', the five digit ids), split as the model sees ' Score: k'."""
-  text = rater_prompt(instruction, output, style, tag) + style.answer_prefix + "Score:"
-  return prompts.option_query(tok, text, RATING_DIGITS)
-
-
-def meets(score: float | int | None, k: float, method: str) -> bool:
-  """The A_k rule: integer ratings need score >= k; probability-based ones >= k - 0.5 when k is 5 (the
-  paper's '>= 4.5' for A5) and >= k otherwise."""
+def meets(score: float | int | None, k: float, method: str, route: str | None = None) -> bool:
+  """The A_k rule: parsed integer ratings need score >= k; probability-based ones (digits, likelihood and
+  generate's fallback) >= k - 0.5 when k is 5 (the paper's '>= 4.5' for A5) and >= k otherwise."""
   if score is None:
     return False
-  if method == "generate":
+  if method == "generate" and route != "fallback":
     return score >= k
   return score >= (k - 0.5 if k >= 5 else k)
+
+
+def rater_tag(tag_mode: str, style: prompts.PromptStyle) -> str:
+  return prompts.tag_for("seed", tag_mode, style) if tag_mode != "none" else ""
 
 
 def encoder(method: str, tok, *, style: prompts.PromptStyle, tag_mode: str) -> Callable[[dict], Any]:
   """candidate -> what `score_encoded` needs for `method` (token ids); host work that the chunk engine runs
   ahead of the device (hb_jax.jobs)."""
-  tag = prompts.tag_for("seed", tag_mode, style) if tag_mode != "none" else ""
+  tag = rater_tag(tag_mode, style)
   if method == "generate":
-    return lambda c: tok.encode(rater_prompt(c["instruction"], c["output"], style, tag), bos=True)
+    return lambda c: tok.encode(prompts.curation_prompt(c["instruction"], c["output"], style, tag), bos=True)
   if method == "digits":
-    return lambda c: digit_query(tok, c["instruction"], c["output"], style, tag)
+    return lambda c: prompts.rating_query(tok, c["instruction"], c["output"], style=style, tag=tag)
   if method == "likelihood":
     # The rater judges the answer as an assistant would give it: the seed (AI-Assistant) tag.
     return lambda c: (tok.encode(prompts.forward_prompt(c["instruction"], tag, style), bos=True),
@@ -61,12 +60,14 @@ def encoder(method: str, tok, *, style: prompts.PromptStyle, tag_mode: str) -> C
   raise ValueError(f"curation: unknown method {method!r}")
 
 
-def score_encoded(method: str, lm, candidates: Sequence[dict], encoded: Sequence[Any], *, curate) -> list[dict]:
-  """Scores for `candidates` (encoded by `encoder(method, ...)`); each is {"score", "rating_text"}."""
+def score_encoded(method: str, lm, candidates: Sequence[dict], encoded: Sequence[Any], *, curate, style: prompts.PromptStyle,
+                  tag_mode: str) -> list[dict]:
+  """Scores for `candidates` (encoded by `encoder(method, ...)` with the same style and tag_mode); each is
+  {"score", "rating_text"}, and "route" for generate."""
   if not candidates:
     return []
   if method == "generate":
-    return _score_generate(lm, candidates, encoded, sampling=curate.sampling, batch=curate.batch)
+    return _score_generate(lm, candidates, encoded, curate=curate, style=style, tag=rater_tag(tag_mode, style))
   if method == "digits":
     return _score_digits(lm, encoded, batch=curate.batch)
   if method == "likelihood":
@@ -75,34 +76,55 @@ def score_encoded(method: str, lm, candidates: Sequence[dict], encoded: Sequence
 
 
 def score(method: str, lm, candidates: Sequence[dict], *, style, tag_mode: str, curate) -> list[dict]:
-  """Scores for `candidates` with `method`; each is {"score", "rating_text"}."""
+  """Scores for `candidates` with `method`; each is {"score", "rating_text"} (+ "route" for generate)."""
   encode = encoder(method, lm.tokenizer, style=style, tag_mode=tag_mode)
-  return score_encoded(method, lm, candidates, [encode(c) for c in candidates], curate=curate)
+  return score_encoded(method, lm, candidates, [encode(c) for c in candidates], curate=curate, style=style,
+                       tag_mode=tag_mode)
 
 
-def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *, sampling: SamplingConfig,
-                    batch: int) -> list[dict]:
-  sp = sampling
+def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *, curate, style: prompts.PromptStyle,
+                    tag: str) -> list[dict]:
+  sp = curate.sampling
   seeds = [plan.seed_from_id(c["id"], sp.seed) for c in candidates]
   # The rubric every prompt starts with is prefilled once and attended by every row (SampleConfig's
   # prefix_min_tokens): rows only compute the candidate and the rating they write.
-  cfg = SampleConfig(max_batch=batch)
+  cfg = SampleConfig(max_batch=curate.batch)
   outs = lm.generate(list(ids), sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
                      seed=seeds, config=cfg)
-  res = []
-  for o in outs:
-    text = lm.tokenizer.decode(o)
-    res.append({"score": prompts.parse_rating(text), "rating_text": text})
+  texts = [lm.tokenizer.decode(o) for o in outs]
+  res = [{"score": prompts.parse_rating(t), "rating_text": t, "route": "parsed"} for t in texts]
+  lost = [i for i, r in enumerate(res) if r["score"] is None]
+  if lost and curate.fallback:
+    queries = []
+    for i in lost:
+      c = candidates[i]
+      queries.append(prompts.rating_query(lm.tokenizer, c["instruction"], c["output"],
+                                          reasoning_before_score(texts[i], finished=len(outs[i]) < sp.max_new_tokens),
+                                          style=style, tag=tag))
+    for i, q in zip(lost, _score_digits(lm, queries, batch=curate.batch)):
+      res[i] = {"score": q["score"], "rating_text": f"{texts[i]}\n[fallback] {q['rating_text']}", "route": "fallback"}
+  else:
+    for i in lost:
+      res[i]["route"] = "none"
   return res
 
 
-def _score_digits(lm, queries: Sequence[tuple[list[int], list[int]]], *, batch: int) -> list[dict]:
-  digit_ids = queries[0][1]
-  if any(q[1] != digit_ids for q in queries):
+def reasoning_before_score(text: str, finished: bool) -> str:
+  """The rater's reasoning to put before `Score:`: all of it when it ended on its own (EOS), else without
+  the last line, which the token budget cut (an unfinished sentence would make a poor context)."""
+  if finished:
+    return text
+  return text.rsplit("\n", 1)[0] if "\n" in text else ""
+
+
+def _score_digits(lm, queries: Sequence[prompts.RatingQuery], *, batch: int) -> list[dict]:
+  digit_ids = queries[0].digit_ids
+  if any(q.digit_ids != digit_ids for q in queries):
     raise ValueError("score_digits: the digit tokens differ between candidates")
-  probs = lm.scorer(SampleConfig(score_batch=batch)).candidate_distribution([q[0] for q in queries], digit_ids)
-  return [{"score": round(float(np.dot(p, np.arange(1, 6))), 4),
-           "rating_text": " ".join(f"{d}:{float(x):.3f}" for d, x in zip(RATING_DIGITS, p))} for p in probs]
+  probs = lm.scorer(SampleConfig(score_batch=batch)).candidate_distribution([q.context for q in queries], digit_ids)
+  ratings = scoring.expected_value(probs, range(1, 6))
+  return [{"score": round(float(r), 4), "rating_text": " ".join(f"{d}:{float(x):.3f}" for d, x in zip(RATING_DIGITS, p))}
+          for p, r in zip(probs, ratings)]
 
 
 def _score_likelihood(lm, pairs: Sequence[tuple[list[int], list[int]]], *, batch: int) -> list[dict]:
@@ -116,7 +138,7 @@ def _score_likelihood(lm, pairs: Sequence[tuple[list[int], list[int]]], *, batch
 
 
 def select(scored: Sequence[dict], k: float, method: str) -> list[dict]:
-  return [r for r in scored if meets(r.get("score"), k, method)]
+  return [r for r in scored if meets(r.get("score"), k, method, r.get("route"))]
 
 
 def sample_ids(candidates: Sequence[dict], n: int, seed: int) -> set[str]:

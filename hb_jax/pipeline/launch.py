@@ -9,7 +9,6 @@ default workdir: runs/<config name>.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 

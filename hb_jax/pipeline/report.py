@@ -49,7 +49,7 @@ def _histogram(scored: list[dict], method: str) -> dict[str, int]:
     if s is None:
       h["unparseable"] += 1
     else:
-      h[str(int(round(float(s)))) if method != "generate" else str(s)] += 1
+      h[str(int(round(float(s))))] += 1  # expected ratings (digits, likelihood, fallback) to the nearest digit
   return {k: h.get(k, 0) for k in ("1", "2", "3", "4", "5", "unparseable")}
 
 
@@ -83,6 +83,9 @@ def build_summary(ctx) -> dict[str, Any]:
     "base_rate_good_pairs": (len(good) / len(cands)) if have_truth and cands else None,
     "curation": {}, "methods": {}, "unparseable_ratings": {}, "eval": {}, "data": {},
   }
+  if cfg.inputs.kind == "synthetic":
+    from hb_jax.data.synthetic import is_judging_demo
+    summary["judging_demos"] = sum(is_judging_demo(r) for r in seed)
   summary["data"]["seed"] = {"instruction": _len_stats([r["instruction"] for r in seed], tok),
                              "output": _len_stats([r["output"] for r in seed], tok)}
   summary["data"]["candidates"] = {"instruction": _len_stats([r["instruction"] for r in cands], tok),
@@ -119,10 +122,16 @@ def build_summary(ctx) -> dict[str, Any]:
       if have_truth:
         pr = curation_pr(sel_k, sub_good)
         m.update(precision=pr["precision"], recall=pr["recall"], base_rate=len(sub_good) / len(ids))
-      unp = sum(r.get("score") is None for r in scored)
-      m["unparseable"] = unp
       if method == "generate":
-        m["parse_rate"] = 1 - unp / len(scored)
+        # No rating is lost silently: parsed + fallback + none = scored (none only with curate.fallback off).
+        routes = collections.Counter(r.get("route", "parsed" if r.get("score") is not None else "none")
+                                     for r in scored)
+        m["routes"] = {k: routes.get(k, 0) for k in curation.ROUTES}
+        unp = len(scored) - m["routes"]["parsed"]  # no `Score: k` in the text, whatever rated it then
+        m["parse_rate"] = m["routes"]["parsed"] / len(scored)
+      else:
+        unp = sum(r.get("score") is None for r in scored)
+      m["unparseable"] = unp
       per_method[method] = m
       summary["unparseable_ratings"].setdefault(method, {})[str(t)] = unp
       histograms[(t, method)] = _histogram(scored, method)
@@ -238,6 +247,13 @@ def render(ctx, summary, plots) -> str:
   L += ["## Headline", "",
         f"- Pool: {summary['segments']} segments, share good (hidden truth): {_f(summary['base_rate_good'])}; "
         f"candidate pairs that ask the latent task of a good segment: {_f(summary['base_rate_good_pairs'])}."]
+  if summary.get("judging_demos"):
+    L.append(f"- The seed holds {summary['judging_demos']} judging demonstrations (rated candidates in the curation "
+             "prompt's format): supervision for the rater that the paper's seed does not have. "
+             "`--config.inputs.judging_demos=false` leaves them out (docs/pipeline.md has the measured effect).")
+  elif "judging_demos" in summary:
+    L.append("- The seed holds no judging demonstrations: the raters learned judging from the answers alone, as "
+             "in the paper.")
   for t, e in summary["curation"].items():
     L.append(f"- Iteration {t}: {e['method']} k={e['k']} kept {e['selected']} "
              f"(A4 {e['A4']}, A5 {e['A5']}); precision {_f(e.get('precision'))}, recall {_f(e.get('recall'))}.")
@@ -261,8 +277,12 @@ def render(ctx, summary, plots) -> str:
     for m, e in ms.items():
       L.append(f"| {t} | {m} | {e['scored']} | {e['A4']} | {e['A5']} | {_f(e.get('precision'))} | "
                f"{_f(e.get('recall'))} | {_f(e.get('base_rate'))} | {e['unparseable']} |")
-  L += ["", "`generate` parse rate per iteration: " + ", ".join(
-    f"iter {t}: {_f(ms['generate'].get('parse_rate'))}" for t, ms in summary["methods"].items() if "generate" in ms), ""]
+  gen = {t: ms["generate"] for t, ms in summary["methods"].items() if "generate" in ms}
+  if gen:
+    L += ["", "`generate` ratings by route (parsed: a `Score: k` in the text; fallback: read from p(1..5) after "
+          "the reasoning; none: unrated, only with `curate.fallback` off): " + "; ".join(
+            f"iter {t}: " + ", ".join(f"{k} {n}" for k, n in e["routes"].items()) + f" (parse rate {_f(e['parse_rate'])})"
+            for t, e in gen.items()), ""]
   if "ratings.png" in plots:
     L += ["### Rating histograms", "", "![ratings](ratings.png)", ""]
   if "backward" in summary:

@@ -167,7 +167,8 @@ def _prepare_synthetic(ctx: Context) -> dict[str, str]:
   world = synthetic.build_world(_world_config(ctx), curation_header=ctx.style.curation_header)
   tok_file = ctx.path("work/tokenizer/tokenizer.model")
   if ctx.is_writer:
-    records.write_jsonl(ctx.path("data/seed.jsonl"), world.seed)
+    seed = world.seed if ctx.cfg.inputs.judging_demos else [r for r in world.seed if not synthetic.is_judging_demo(r)]
+    records.write_jsonl(ctx.path("data/seed.jsonl"), seed)
     records.write_jsonl(ctx.path("data/segments.jsonl"), world.pool)
     records.write_jsonl(ctx.path("data/heldout.jsonl"),
                         [{"id": h["id"], "instruction": h["instruction"]} for h in world.heldout])
@@ -243,7 +244,8 @@ def backward(ctx: Context) -> dict[str, str]:
   fwd = pair_tokenizer(tok, "forward", ctx.train_tag_mode)
   bwd = pair_tokenizer(tok, "backward")
   recs = [{**r, "direction": d} for r in seed for d in ("forward", "backward")]
-  return _finetune(ctx, ctx.cfg.train, "backward", recs, "work/data/joint.jsonl",
+  tc = dataclasses.replace(ctx.cfg.train, tag_mode=ctx.train_tag_mode)  # what its forward examples carry
+  return _finetune(ctx, tc, "backward", recs, "work/data/joint.jsonl",
                    tokenize=lambda r: fwd(r) if r["direction"] == "forward" else bwd(r))
 
 
@@ -339,7 +341,8 @@ def curate(ctx: Context, t: int) -> dict[str, str]:
     subset = cands if method == c.method or method != "generate" else [x for x in cands if x["id"] in sample]
 
     def fn(chunk, encoded, method=method):
-      scores = curation.score_encoded(method, lm, chunk, encoded, curate=c)
+      scores = curation.score_encoded(method, lm, chunk, encoded, curate=c, style=ctx.style,
+                                      tag_mode=ctx.train_tag_mode)
       return [{**x, **s, "method": method, "iteration": t, "rated_by": rated_by, "candidate_id": x["id"]}
               for x, s in zip(chunk, scores)]
 

@@ -274,8 +274,9 @@ def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, samplin
 
 
 def score_programs(stage: str, method: str, serve: ServeSetup, lengths: Lengths, batch: int, target,
-                   buckets=SampleConfig().length_buckets) -> list[Program]:
-  """The scorer's forward for `digits` (next-token log-probs after the shared rubric) or `likelihood`."""
+                   buckets=SampleConfig().length_buckets, extra_tokens: int = 0) -> list[Program]:
+  """The scorer's forward for `digits` (next-token log-probs after the shared rubric; `extra_tokens` more per
+  row for generate's fallback, which reads them after the reasoning) or `likelihood`."""
   from hb_jax.estimate.stages import _prefix_slots
   from hb_jax.sample import plan
   from hb_jax.sample import programs as sp
@@ -290,7 +291,7 @@ def score_programs(stage: str, method: str, serve: ServeSetup, lengths: Lengths,
   out: list[Program] = []
   if method == "digits":
     prefix_slots = _prefix_slots(lengths.curation_prefix)
-    t = plan.bucket_length(math.ceil(lengths.curation_suffix_max + 3), buckets)
+    t = plan.bucket_length(math.ceil(lengths.curation_suffix_max + extra_tokens + 3), buckets)
   else:
     prefix_slots = 0
     t = plan.bucket_length(math.ceil(_likelihood_max(lengths)), buckets)

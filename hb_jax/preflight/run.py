@@ -127,7 +127,10 @@ def stage_programs(pcfg, est, serve_cfg: ModelConfig, target, serve: prog.ServeS
       section = pcfg.augment if name == "augment" else pcfg.evaluate if name == "evaluate" else pcfg.curate
       out += prog.generate_programs(s.stage, s, serve, section.sampling, section.batch, target)
     else:
-      out += prog.score_programs(s.stage, method or pcfg.curate.method, serve, lengths, pcfg.curate.batch, target)
+      # generate's fallback is the digits forward after the reasoning: up to max_new_tokens more per row.
+      extra = pcfg.curate.sampling.max_new_tokens if method == "fallback" else 0
+      out += prog.score_programs(s.stage, "digits" if method == "fallback" else method or pcfg.curate.method, serve,
+                                 lengths, pcfg.curate.batch, target, extra_tokens=extra)
   return out
 
 

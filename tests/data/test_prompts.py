@@ -125,22 +125,8 @@ def test_parse_rating_ignores_the_candidate_text():
   assert prompts.parse_rating(prompt + " Off-topic.\nScore: 1", prompt=prompt) == 1
 
 
-def test_rating_counter():
-  counter = prompts.RatingCounter()
-  got = counter.extend(["Score: 4", "no idea", "Score: 10", "**Score:** 5", "Score: 4"])
-  assert got == [4, None, None, 5, 4]
-  d = counter.to_dict()
-  assert (d["parsed"], d["unparseable"]) == (3, 2)
-  assert d["histogram"] == {"1": 0, "2": 0, "3": 0, "4": 2, "5": 1}
-  assert d["unparseable_fraction"] == pytest.approx(0.4)
-  assert d["unparseable_examples"] == ["no idea", "Score: 10"]
-
-
-def test_rating_context_and_expected_rating():
+def test_rating_context():
   ctx = prompts.rating_context("I", "O")
   assert ctx == prompts.curation_prompt("I", "O") + " Score:"
   assert prompts.rating_context("I", "O", "Good answer.\n") == prompts.curation_prompt("I", "O") + " Good answer.\nScore:"
-  assert prompts.expected_rating([0, 0, 0, 0.5, 0.5]) == pytest.approx(4.5)
-  assert prompts.expected_rating([1, 1, 1, 1, 1]) == pytest.approx(3.0)
-  with pytest.raises(ValueError):
-    prompts.expected_rating([0.5, 0.5])
+  assert prompts.rating_context("I", "O", " \n") == ctx  # blank reasoning is no reasoning

@@ -1,7 +1,6 @@
 """Fast tests of the pipeline's pure parts: config validation, manifest refusal, curation rules, the demo world
 and its checker (the bulk job's tests: tests/test_jobs.py)."""
 import collections
-import json
 import os
 import re
 
@@ -114,6 +113,7 @@ def test_curation_thresholds():
   assert curation.meets(4.5, 5, "digits") and not curation.meets(4.49, 5, "digits")
   assert curation.meets(4.0, 4, "likelihood") and not curation.meets(3.99, 4, "likelihood")
   assert not curation.meets(None, 1, "generate")
+  assert curation.meets(4.5, 5, "generate", "fallback") and not curation.meets(4.5, 5, "generate", "parsed")
   cands = [{"id": f"{i:016x}"} for i in range(50)]
   s1, s2 = curation.sample_ids(cands, 10, 0), curation.sample_ids(list(reversed(cands)), 10, 0)
   assert s1 == s2 and len(s1) == 10
