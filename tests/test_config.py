@@ -80,13 +80,19 @@ def test_manifest_entries_of_the_previous_layout_read_as_today():
 def test_a_workdir_finished_by_the_previous_layout_resumes_with_nothing_redone(tmp_path):
   """tests/pipeline/data/tiny_manifest_ab26090.json is the manifest of `python launch/run.py
   --config=configs/tiny.py` finished by commit ab26090, before this config layout (flat sampling keys,
-  train.mesh_*, no mesh.rules). Today's configs/tiny.py finds every stage done, and a lone stage too."""
+  train.mesh_*, no mesh.rules, no curate.fallback). Today's configs/tiny.py, set as tiny was then (digits
+  selecting with the compact rubric; generate without the fallback, which did not exist), finds every stage
+  done, and a lone stage too; with today's fallback default the curate stages are refused, naming it."""
   from hb_jax.pipeline import runner
   (tmp_path / "manifest.json").write_bytes(
       open(os.path.join(REPO, "tests", "pipeline", "data", "tiny_manifest_ab26090.json"), "rb").read())
-  result = runner.run(pc.load(TINY), tmp_path)
+  then = ["curate.method=digits", "curate.header=compact", "curate.generate_sample=8"]
+  result = runner.run(pc.load(TINY, then + ["curate.fallback=false"]), tmp_path)
   assert result.ran == [] and "train_2" in result.skipped and "report" in result.skipped
-  assert runner.run(pc.load(TINY, ["augment.batch=8"]), tmp_path, only="curate_1").ran == []
+  assert runner.run(pc.load(TINY, then + ["curate.fallback=false", "augment.batch=8"]), tmp_path,
+                    only="curate_1").ran == []
   # A real change is still a change.
   with pytest.raises(Exception, match=r"augment.sampling.temperature"):
-    runner.run(pc.load(TINY, ["augment.sampling.temperature=0.3"]), tmp_path)
+    runner.run(pc.load(TINY, then + ["augment.sampling.temperature=0.3"]), tmp_path)
+  with pytest.raises(Exception, match=r"stage 'curate_1'.*curate\.fallback"):
+    runner.run(pc.load(TINY, then), tmp_path)

@@ -31,8 +31,9 @@ PRESETS: dict[str, ModelConfig] = {
                                multiple_of=1024, ffn_dim_multiplier=1.3, rope_scaling=RopeScaling(),
                                **{**_LLAMA3, "max_position_embeddings": 131072}),
     # Tiny shapes: tests and the CPU demo (vocab set by the demo's own tokenizer).
+    # 2,048 positions: configs/tiny.py runs the paper's Table-1 rubric, ~1,460 tokens of its 400-piece vocabulary.
     "tiny": ModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                        intermediate_size=176, max_position_embeddings=512),
+                        intermediate_size=176, max_position_embeddings=2048),
     "demo": ModelConfig(vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                         intermediate_size=352, max_position_embeddings=512),
     # The benches' 58M-parameter shape (vocab 32000, width 512, 8 layers, 8 heads, FFN 1408).

@@ -43,6 +43,7 @@ class FinetuneResult:
   val_loss: float | None
   data_stats: dict[str, int]
   batch_size: int
+  resumed_from: int | None = None  # the checkpoint step this run continued from (None: from the start)
 
 
 def pair_tokenizer(tokenizer, direction: str = "forward", tag_mode: str = "source") -> Tokenize:
@@ -105,10 +106,12 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
   if result.completed:
     extra = {"finetuned_from": str(base_model_dir), "train_jsonl": str(train_jsonl), "steps": result.step,
              "direction": cfg.direction, "data": data_stats}
+    if cfg.direction == "forward":  # how to prompt it: the tags its training prompts carried
+      extra["tag_mode"] = cfg.tag_mode
     params = jax.tree.map(lambda x: x.astype(base_cfg.param_dtype), result.state.params)
     out = str(model_folder.save_model_folder(output_dir, base_cfg, params,
                                            tokenizer_file=tokenizer_file, extra_json=extra, overwrite=True))
   return FinetuneResult(completed=result.completed, output_dir=out, step=result.step,
                         num_steps=result.num_steps, train_loss=result.last_metrics.get("loss"),
                         val_loss=result.val_loss, data_stats=data_stats,
-                        batch_size=result.plan.batch_size)
+                        batch_size=result.plan.batch_size, resumed_from=result.resumed_from)

@@ -1,11 +1,8 @@
 """Data scaling: the log-N fit against planted slopes (noiseless: exact; noisy: within its standard error,
 and the standard error and intervals calibrated by Monte Carlo), nested deterministic subsets, and the
-`scaling` stage run for real on the tiny demo world (fit JSON + PNG, finished sizes skipped on rerun)."""
+`scaling` stage's config and plan (the stage itself runs on the shared tiny run: tests/pipeline/test_e2e.py)."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,9 +12,8 @@ from hb_jax.eval import scaling
 from hb_jax.pipeline import runner
 from hb_jax.pipeline import scaling as pipeline_scaling
 from hb_jax.pipeline.config import ScalingConfig
-from hb_jax.pipeline.manifest import Manifest, StageConfigChanged
 
-from tests.pipeline.common import REPO, tiny_config
+from tests.pipeline.common import tiny_config
 
 ALPHA, C = 6.95, -20.0  # the paper's Humpback alpha, an arbitrary intercept
 
@@ -117,63 +113,3 @@ def test_scaling_config_is_checked_and_not_in_the_default_plan():
   # Without steps, each size gets the paper's steps (TrainConfig.steps_for holds the same table).
   paper = tiny_config(**{"scaling.sizes": scaling.PAPER_SIZES, "scaling.steps": ()})
   assert pipeline_scaling.size_steps(paper) == dict(zip(scaling.PAPER_SIZES, scaling.PAPER_STEPS))
-
-
-# --------------------------------------------------------------------------------------- the stage, for real
-def _launch(workdir, cache, *flags) -> str:
-  # One CPU device and a compile cache shared by the two launches: the sizes then compile the train step and
-  # the sampler once (rows fixed below keep the train step's shapes equal across sizes).
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, "launch/run.py", "--config=configs/tiny.py", f"--workdir={workdir}", *flags]
-  p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-  return p.stdout
-
-
-def test_scaling_stage_on_the_tiny_world(tmp_path, capsys):
-  wd, cache = tmp_path / "run", tmp_path / "xla"
-  # Test-only speed (compiling dominates): 128-token rows (half the compile time of tiny's 384; the few
-  # longer seed pairs are truncated), 8 of them per step whatever N (the planned default varies with N, and
-  # each shape compiles anew), and 4 held-out items in batches of 4 (fewer sampler shapes).
-  overrides = {"train.seq_len": 128, "train.rows_per_micro_batch": 8, "evaluate.max_items": 4, "evaluate.batch": 4}
-  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-  cfg = tiny_config(**overrides)
-  _launch(wd, cache, "--stage=prepare", *flags)
-  with pytest.raises(RuntimeError, match=r"stage 'scaling' needs \['curate_2'\] done first"):
-    runner.run(tiny_config(**{"scaling.data": "curated"}), wd, only="scaling")
-  # configs/tiny.py: sizes 4 and 12 of the seed pairs, 2 steps each; the README's command with tiny's config.
-  out = _launch(wd, cache, "--stage=scaling", *flags)
-  assert out.count("trained 2 steps") == 2 and "scaling: w = " in out
-
-  fit = json.loads((wd / "scaling/fit.json").read_text())
-  assert [p["n"] for p in fit["points"]] == [4, 12]
-  assert {"alpha", "c", "stderr", "stderr_c", "r2", "interval"} <= set(fit["fit"]) and fit["fit"]["dof"] == 0
-  assert all(0.0 <= p["score"] <= 100.0 for p in fit["points"])
-  assert fit["fit"]["alpha"] == pytest.approx(
-    scaling.fit_log_scaling([4, 12], [p["score"] for p in fit["points"]]).alpha)
-  assert (wd / "scaling/scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  subsets = {n: [json.loads(l)["id"] for l in (wd / f"scaling/n{n}/train.jsonl").read_text().splitlines()]
-             for n in (4, 12)}
-  assert subsets[12][:4] == subsets[4] and len(set(subsets[12])) == 12
-  for n in (4, 12):
-    model_json = json.loads((wd / f"models/scaling/n{n}/model.json").read_text())
-    assert model_json["extra"]["steps"] == 2 and (wd / f"scaling/n{n}/heldout.jsonl").exists()
-
-  # A finished stage is skipped whole; a changed size list is refused naming the key.
-  assert runner.run(cfg, wd, only="scaling").skipped == ["scaling"]
-  more = {"scaling.sizes": (4, 8, 12), "scaling.steps": (2, 2, 2)}
-  with pytest.raises(StageConfigChanged, match=r"stage 'scaling'.*scaling\.sizes.*--restart_from=scaling"):
-    runner.run(tiny_config(**overrides, **more), wd, only="scaling")
-  # --restart_from=scaling removes the fit and redoes the stage, but finished sizes whose spec is unchanged
-  # are reused: nothing retrains or re-evaluates, and the refit is the same.
-  stamps = {n: (wd / f"models/scaling/n{n}/model.json").stat().st_mtime_ns for n in (4, 12)}
-  results = {n: (wd / f"scaling/n{n}/result.json").read_bytes() for n in (4, 12)}
-  capsys.readouterr()
-  assert runner.run(cfg, wd, only="scaling", restart_from="scaling").ran == ["scaling"]
-  assert capsys.readouterr().out.count("(reused)") == 2
-  assert {n: (wd / f"models/scaling/n{n}/model.json").stat().st_mtime_ns for n in (4, 12)} == stamps
-  assert {n: (wd / f"scaling/n{n}/result.json").read_bytes() for n in (4, 12)} == results
-  assert json.loads((wd / "scaling/fit.json").read_text())["fit"] == fit["fit"]
-  assert Manifest(wd).is_done("scaling")
