@@ -1,9 +1,10 @@
 """Two JAX processes x 4 CPU devices (gloo collectives) give the logits, and finetune to the parameters, of one
-process x 8 devices; a training checkpoint of either layout resumes on the other."""
+process x 8 devices; their training checkpoint resumes on one process."""
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,6 @@ from hb_jax.parallel import make_mesh
 
 WORKER = pathlib.Path(__file__).with_name("mp_logits_worker.py")
 FINETUNE_WORKER = pathlib.Path(__file__).with_name("mp_finetune_worker.py")
-RESUME_WORKER = pathlib.Path(__file__).with_name("mp_resume_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -47,10 +47,17 @@ def test_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_finetune_like_one(tmp_path):
+def test_two_processes_finetune_like_one_and_resume_on_one(tmp_path):
   """Per-process data shards, the sharded step over gloo, Orbax step checkpoints and the final model folder,
-  written by two processes: the same parameters as one process (up to the collectives' summation order)."""
+  written by two processes: the same parameters as one process (up to the collectives' summation order).
+  Then a job resized after preemption: one process x 8 devices resumes the two processes' step-2 checkpoint
+  (grain keeps one iterator state per process and restored only the current layout's, so this failed inside
+  grain; the other direction is the same code path, tests/train/test_train_resume.py). Orbax reshards the
+  state and the data is placed at the restored step, whose examples do not depend on the layout: the
+  parameters are again those of the uninterrupted single process."""
   import json
+
+  import jax
 
   from hb_jax import model_folder
   from hb_jax.train import finetune
@@ -65,45 +72,28 @@ def test_two_processes_finetune_like_one(tmp_path):
   train_jsonl = tmp_path / "train.jsonl"
   train_jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
   one = finetune.finetune(TRAIN, base, train_jsonl, tmp_path / "one", tmp_path / "work_one")
-  assert one.completed and one.step == TRAIN.num_steps
+  assert one.completed and one.step == TRAIN.num_steps and one.resumed_from is None
   _launch(FINETUNE_WORKER, portpicker.pick_unused_port(), base, train_jsonl, tmp_path / "two", tmp_path / "work_two")
   assert model_folder.is_model_folder(tmp_path / "two")
+  # The two processes' run as preemption left it after step 2: its later checkpoint and model folder gone.
+  resized = tmp_path / "work_resized"
+  shutil.copytree(tmp_path / "work_two", resized)
+  steps = sorted(int(p.name) for p in (resized / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [2, 4], steps
+  shutil.rmtree(resized / "checkpoints" / "4")
+  end = finetune.finetune(TRAIN, base, train_jsonl, tmp_path / "resized", resized)
+  assert (end.completed, end.step, end.resumed_from) == (True, TRAIN.num_steps, 2)
+
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
   cfg = model_folder.read_model_config(tmp_path / "one")
   a = model_folder.restore_params(tmp_path / "one", cfg, mesh)
-  b = model_folder.restore_params(tmp_path / "two", cfg, mesh)
   start = model_folder.restore_params(base, cfg, mesh)
-  import jax
-
-  for (path, x), y, x0 in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), jax.tree.leaves(start)):
-    x, y, x0 = map(np.asarray, (x, y, x0))
-    assert not np.array_equal(x, x0), path  # trained
-    # Adam turns summation-order noise in near-zero gradients into ~1e-6 differences; training moved >1e-3.
-    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5, err_msg=str(path))
-
-
-@pytest.mark.slow
-def test_resume_on_another_process_count(tmp_path):
-  """A job resized after preemption resumes: 2 processes x 4 devices train to step 2, then 1 process x 8
-  continues to step 4 and (resumed again) to the end (grain keeps one iterator state per process and
-  restores only the current layout's, so the resume failed inside grain; the other direction is the same
-  code path, tests/train/test_train_resume.py). Orbax reshards the state and the data is placed at the
-  restored step, whose examples do not depend on the layout: the parameters are those of one uninterrupted
-  process (up to the collectives' summation order)."""
-  from tests.mp_train_config import resume_run
-
-  ref = resume_run(tmp_path / "ref")
-  work = tmp_path / "work"
-  _launch(RESUME_WORKER, portpicker.pick_unused_port(), work, 2)
-  mid = resume_run(work, stop_at=4)
-  assert (mid.resumed_from, mid.step, mid.completed) == (2, 4, False)
-  end = resume_run(work)
-  assert (end.resumed_from, end.step, end.completed) == (4, 6, True)
-  import jax
-
   tol = dict(rtol=1e-4, atol=1e-5)
-  leaves = [list(map(np.asarray, jax.tree.leaves(r.state.params))) for r in (ref, mid, end)]
-  for want, got in zip(leaves[0], leaves[2]):
-    np.testing.assert_allclose(got, want, **tol)
-  # The tolerance tells steps (and so the data of a step) apart: two steps moved the parameters well past it.
-  assert not all(np.allclose(x, y, **tol) for x, y in zip(leaves[0], leaves[1]))
+  for other in ("two", "resized"):
+    b = model_folder.restore_params(tmp_path / other, cfg, mesh)
+    for (path, x), y, x0 in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), jax.tree.leaves(start)):
+      x, y, x0 = map(np.asarray, (x, y, x0))
+      # Adam turns summation-order noise in near-zero gradients into ~1e-6 differences; training moved >1e-3.
+      np.testing.assert_allclose(y, x, **tol, err_msg=f"{other} {path}")
+  # The tolerance tells trained from untrained parameters apart: four steps moved them well past it.
+  assert not all(np.allclose(np.asarray(x), np.asarray(x0), **tol) for x, x0 in zip(jax.tree.leaves(a), jax.tree.leaves(start)))

@@ -261,12 +261,13 @@ def test_eval_generate_cli_wraps_prompts_in_the_models_chat_template(ours, tmp_p
   wrapper otherwise), greedy answers equal api.load(...).generate on the same chat prompts."""
   from hb_jax.cli import eval_generate_main
   src = tmp_path / "in.jsonl"
-  src.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS[:2]))
+  src.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS))
   out = tmp_path / "out.json"
+  # The greedy test's prompts, budget and batch: the programs it compiled serve (the persistent cache of `work`).
   argv = ["--model", str(ours.path), "--input", str(src), "--output", str(out), "--temperature", "0",
-          "--max_new_tokens", "8", "--batch", "2", "--chat_template"]
+          "--max_new_tokens", str(NEW_TOKENS), "--batch", str(len(QUESTIONS)), "--chat_template"]
   assert eval_generate_main(argv) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["prompt_example"].startswith("<|im_start|>") and "[INST]" not in summary["prompt_example"]
-  want = [ours.tokenizer.decode(g).strip() for g in ours.generate(_chat_ids(ours, QUESTIONS[:2]), 8)]
+  want = [ours.tokenizer.decode(g).strip() for g in ours.generate(_chat_ids(ours), NEW_TOKENS)]
   assert [a["output"] for a in json.loads(out.read_text())] == want

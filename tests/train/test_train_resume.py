@@ -112,7 +112,7 @@ def test_a_checkpoint_of_another_process_count_resumes_at_its_step(tmp_path):
   the current layout, so a job resized after preemption failed inside grain ("File .../process_0-of-1.json
   does not exist."). The data position is the restored step instead: the examples of a step do not depend on
   the process count. The real 2 -> 1 process resume is
-  tests/test_multiprocess.py::test_resume_on_another_process_count."""
+  tests/test_multiprocess.py::test_two_processes_finetune_like_one_and_resume_on_one."""
   import shutil
 
   ckpt, data, state = _small_run(tmp_path / "ckpt", 5)  # past the first epoch (3 steps)
