@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks: `python bench/run.py {train,sample,score,corpus,smollm2} [flags]`.
+"""Side-by-side benchmarks: `python bench/run.py {train,sample,score,corpus,smollm2,curate} [flags]`.
 
 Each benchmark lives in its own module (bench/<name>.py) exposing `main(argv) -> dict`; it prints a
 human-readable table and returns the summary dict, which is printed last as one JSON line with at least
@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-BENCHES = ("train", "sample", "score", "corpus", "smollm2")
+BENCHES = ("train", "sample", "score", "corpus", "smollm2", "curate")
 
 
 def main(argv: list[str]) -> int:
