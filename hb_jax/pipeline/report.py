@@ -272,10 +272,14 @@ def render(ctx, summary, plots) -> str:
       s = d.get(f"{k}_iter{t}", {}).get("output", {})
       L.append(f"| {k}^({t}) | {s.get('count', 0)} | | {s.get('mean_tokens', '')} |")
   L += ["", "## Curation methods on the same candidates (cf. the paper's Table 7)", "",
-        "| iter | method | scored | A4 | A5 | precision@k | recall@k | base rate | unparseable |", "|---|---|---|---|---|---|---|---|---|"]
+        "Precision and recall against the hidden truth (a pair is good when its instruction asks the latent task "
+        "of a good segment), for A4, A5 and the run's k, every method side by side:", "",
+        "| iter | method | scored | A4 | A4 P / R | A5 | A5 P / R | precision@k | recall@k | base rate | unparseable |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
   for t, ms in summary["methods"].items():
     for m, e in ms.items():
-      L.append(f"| {t} | {m} | {e['scored']} | {e['A4']} | {e['A5']} | {_f(e.get('precision'))} | "
+      L.append(f"| {t} | {m} | {e['scored']} | {e['A4']} | {_f(e.get('A4_precision'), 2)} / {_f(e.get('A4_recall'), 2)} | "
+               f"{e['A5']} | {_f(e.get('A5_precision'), 2)} / {_f(e.get('A5_recall'), 2)} | {_f(e.get('precision'))} | "
                f"{_f(e.get('recall'))} | {_f(e.get('base_rate'))} | {e['unparseable']} |")
   gen = {t: ms["generate"] for t, ms in summary["methods"].items() if "generate" in ms}
   if gen:
