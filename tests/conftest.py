@@ -9,9 +9,7 @@ command line takes. One model, so jitted programs are shared.
 """
 import os
 
-from tests.xla_flags import for_devices  # noqa: E402  (no imports of its own)
-
-os.environ.setdefault("XLA_FLAGS", for_devices(8))
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

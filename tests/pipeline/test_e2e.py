@@ -25,7 +25,6 @@ from hb_jax.eval import scaling
 from hb_jax.pipeline import curation, runner
 from hb_jax.pipeline.manifest import Manifest, StageConfigChanged, file_hash, stable_hash
 
-from tests import xla_flags
 from tests.pipeline.common import REPO, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -44,7 +43,7 @@ _XLA_CACHE = tempfile.mkdtemp(prefix="hb_jax_e2e_xla_")
 
 def _env(devices: int) -> dict:
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags.for_devices(devices),
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return env
