@@ -12,6 +12,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent compilation cache per test session, made by the first process (pytest's, before xdist
+# starts its workers, which inherit it) and shared by the workers: a program (of >= 1 s of compiling, JAX's
+# threshold) that tests in both workers build compiles once. Fresh each session, so no run reuses another's.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hb_jax_tests_xla_")
 
 import random  # noqa: E402  (after the environment above)
 
