@@ -47,9 +47,9 @@ def main(argv: list[str]) -> dict:
   args = p.parse_args(argv)
 
   from hb_jax import api
+  from hb_jax.config import SamplingConfig
   from hb_jax.data import prompts, synthetic
   from hb_jax.pipeline import curation
-  from hb_jax.config import SamplingConfig
   from hb_jax.pipeline.config import CurateConfig
   from hb_jax.sample import plan
 

@@ -189,7 +189,7 @@ def rating_context(instruction: str, output: str, reasoning: str | None = None,
   """The text right before the rating digit, for reading p("1".."5") instead of sampling.
 
   Without reasoning the answer starts directly with `Score:`; with reasoning (the `generate` rater's own
-  text, cut before an unfinished last line) it is `{reasoning}\nScore:`. The digit follows after one
+  text, cut before an unfinished last line) it is `{reasoning}\\nScore:`. The digit follows after one
   space: see `rating_query` for the token-level split that is safe for both tokenizer backends.
   """
   answer = "Score:" if not (reasoning and reasoning.strip()) else reasoning.rstrip() + "\nScore:"

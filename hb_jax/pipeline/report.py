@@ -42,7 +42,7 @@ def _good_ids(cands: list[dict], truth: dict[str, dict]) -> set[str]:
   return {c["id"] for c in cands if c.get("segment_id") in truth and pair_is_good(c["instruction"], truth[c["segment_id"]])}
 
 
-def _histogram(scored: list[dict], method: str) -> dict[str, int]:
+def _histogram(scored: list[dict]) -> dict[str, int]:
   h = collections.Counter()
   for r in scored:
     s = r.get("score")
@@ -134,7 +134,7 @@ def build_summary(ctx) -> dict[str, Any]:
       m["unparseable"] = unp
       per_method[method] = m
       summary["unparseable_ratings"].setdefault(method, {})[str(t)] = unp
-      histograms[(t, method)] = _histogram(scored, method)
+      histograms[(t, method)] = _histogram(scored)
     summary["methods"][str(t)] = per_method
   summary["histograms"] = {f"{t}/{m}": h for (t, m), h in histograms.items()}
   # held-out accuracy
