@@ -387,6 +387,14 @@ def _pow2_ceil(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
 
+DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def check_length_buckets(buckets: tuple[int, ...], key: str) -> None:
+  if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+    raise ConfigError(f"{key} must be positive and strictly increasing, found {buckets}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
   """Sampling and scoring engines: the batching plan, and the decoding a call uses when it names none
@@ -401,7 +409,7 @@ class SampleConfig:
   max_batch: int = 32
   min_refill: int = 0  # 0: max(1, max_batch // 8)
   chunk_steps: int = 64
-  length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+  length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
   prefix_min_tokens: int = 64  # prompts sharing at least this many leading tokens reuse one prefilled prefix
   bulk_chunk_records: int = 1024  # bulk generation plans and commits this many input records at a time
   score_batch: int = 16
@@ -420,10 +428,7 @@ class SampleConfig:
         raise ConfigError(f"sample.{key} must be positive, found {getattr(self, key)}")
     if self.max_batch <= 0 or _pow2_ceil(self.max_batch) != self.max_batch:
       raise ConfigError(f"sample.max_batch must be a power of two, found {self.max_batch}")
-    if not self.length_buckets or list(self.length_buckets) != sorted(set(self.length_buckets)) or \
-        self.length_buckets[0] <= 0:
-      raise ConfigError(f"sample.length_buckets must be positive and strictly increasing, found "
-                        f"{self.length_buckets}")
+    check_length_buckets(self.length_buckets, "sample.length_buckets")
 
   @property
   def refill_min(self) -> int:

@@ -93,7 +93,7 @@ class _Estimator:
   def __init__(self, pcfg, model: ModelConfig, hw: Hardware, chips: int, a: Assumptions):
     self.p, self.m, self.hw, self.chips, self.a = pcfg, model, hw, chips, a
     self.len = Lengths(a, pcfg.ablation.tags)
-    self.buckets = SampleConfig().length_buckets
+    self.buckets = pcfg.length_buckets  # the run's prompt buckets: slots are what its stages allocate
     self.local = min(chips, hw.chips_per_host)
     self.processes = max(1, chips // hw.chips_per_host)
     self.warnings: list[str] = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
-from hb_jax.config import (ConfigError, MeshConfig, SamplingConfig, TrainConfig, build, check_key, to_config_dict,
-                           to_plain)
+from hb_jax.config import (DEFAULT_LENGTH_BUCKETS, ConfigError, MeshConfig, SampleConfig, SamplingConfig, TrainConfig,
+                           build, check_key, check_length_buckets, to_config_dict, to_plain)
 from hb_jax.data.synthetic import FAMILIES
 from hb_jax.eval.scaling import LOG_BASES, PAPER_SIZES
 
@@ -188,13 +188,25 @@ class PipelineConfig:
   evaluate: EvaluateConfig = EvaluateConfig()
   scaling: ScalingConfig = ScalingConfig()
   mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)  # inference: per-process replica mesh
+  # Prompt-length buckets of every inference stage (augment, curate, evaluate): each bucket a prompt group
+  # pads to is a set of programs to compile. Like `mesh`, how a stage runs, not what it computes, so no
+  # stage's hash holds it (outputs are bitwise the same only for the same batch plan).
+  length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
   progress: bool = True
 
   def __post_init__(self):
+    object.__setattr__(self, "length_buckets", tuple(int(b) for b in self.length_buckets))
+    check_length_buckets(self.length_buckets, "length_buckets")
     if self.backward.direction != "backward":
       raise ConfigError(f"backward.direction must be 'backward', found {self.backward.direction!r}")
     if self.train.direction != "forward":
       raise ConfigError(f"train.direction must be 'forward', found {self.train.direction!r}")
+
+
+def engine(cfg: PipelineConfig, **settings) -> SampleConfig:
+  """The sampling/scoring engines' plan for an inference stage of this run: its batch settings (`settings`,
+  e.g. max_batch=) over the run's length buckets."""
+  return SampleConfig(length_buckets=cfg.length_buckets, **settings)
 
 
 def from_config_dict(cd) -> PipelineConfig:

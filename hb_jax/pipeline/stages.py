@@ -30,7 +30,7 @@ from hb_jax.config import TrainConfig
 from hb_jax import jobs
 from hb_jax.data import prompts, records
 from hb_jax.pipeline import curation
-from hb_jax.pipeline.config import PipelineConfig
+from hb_jax.pipeline.config import PipelineConfig, engine
 from hb_jax.pipeline.manifest import Manifest, file_hash
 
 log = logging.getLogger(__name__)
@@ -288,10 +288,9 @@ def augment(ctx: Context) -> dict[str, str]:
   a = ctx.cfg.augment
   lm = ctx.load("backward")
   tok, style = lm.tokenizer, ctx.style
-  from hb_jax.config import SampleConfig
   from hb_jax.sample import plan
   sp = a.sampling
-  scfg = SampleConfig(max_batch=a.batch)
+  scfg = engine(ctx.cfg, max_batch=a.batch)
   generated_by = _rel_model(ctx, "backward")
 
   def encode(segment: dict) -> list[int]:
@@ -342,7 +341,7 @@ def curate(ctx: Context, t: int) -> dict[str, str]:
 
     def fn(chunk, encoded, method=method):
       scores = curation.score_encoded(method, lm, chunk, encoded, curate=c, style=ctx.style,
-                                      tag_mode=ctx.train_tag_mode)
+                                      tag_mode=ctx.train_tag_mode, length_buckets=ctx.cfg.length_buckets)
       return [{**x, **s, "method": method, "iteration": t, "rated_by": rated_by, "candidate_id": x["id"]}
               for x, s in zip(chunk, scores)]
 
@@ -418,12 +417,11 @@ def heldout_answers(ctx: Context, lm, held: list[dict], tag_mode: str, parts: ep
                     out: epath.Path, *, model: str, desc: str) -> None:
   """Greedy answers of `lm` to `held` (the forward prompt with `tag_mode`'s tag, the evaluate settings),
   sharded over processes and committed in chunks `parts/<name>-*`; process 0 merges them into `out`."""
-  from hb_jax.config import SampleConfig
   from hb_jax.sample import plan
   e = ctx.cfg.evaluate
   tok = lm.tokenizer
   sp = e.sampling
-  scfg = SampleConfig(max_batch=e.batch)
+  scfg = engine(ctx.cfg, max_batch=e.batch)
   tag = prompts.tag_for(None, tag_mode, ctx.style)
 
   def encode(h: dict) -> list[int]:

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hb_jax.config import ModelConfig, SampleConfig, TrainConfig
+from hb_jax.config import DEFAULT_LENGTH_BUCKETS, ModelConfig, SampleConfig, TrainConfig
 from hb_jax.estimate import memory as est_memory
 from hb_jax.estimate.assumptions import Lengths
 from hb_jax.estimate.stages import StageEstimate
@@ -274,7 +274,7 @@ def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, samplin
 
 
 def score_programs(stage: str, method: str, serve: ServeSetup, lengths: Lengths, batch: int, target,
-                   buckets=SampleConfig().length_buckets, extra_tokens: int = 0) -> list[Program]:
+                   buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, extra_tokens: int = 0) -> list[Program]:
   """The scorer's forward for `digits` (next-token log-probs after the shared rubric; `extra_tokens` more per
   row for generate's fallback, which reads them after the reasoning) or `likelihood`."""
   from hb_jax.estimate.stages import _prefix_slots

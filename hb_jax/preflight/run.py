@@ -130,7 +130,7 @@ def stage_programs(pcfg, est, serve_cfg: ModelConfig, target, serve: prog.ServeS
       # generate's fallback is the digits forward after the reasoning: up to max_new_tokens more per row.
       extra = pcfg.curate.sampling.max_new_tokens if method == "fallback" else 0
       out += prog.score_programs(s.stage, "digits" if method == "fallback" else method or pcfg.curate.method, serve,
-                                 lengths, pcfg.curate.batch, target, extra_tokens=extra)
+                                 lengths, pcfg.curate.batch, target, buckets=pcfg.length_buckets, extra_tokens=extra)
   return out
 
 
