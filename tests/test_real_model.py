@@ -115,6 +115,12 @@ def _chat_ids(lm, questions=QUESTIONS) -> list[list[int]]:
   return [lm.tokenizer.encode(style.wrap(q), bos=True) for q in questions]
 
 
+@pytest.fixture(scope="module")
+def greedy(ours) -> list[list[int]]:
+  """Our greedy answers (token ids) to the chat prompts: one batch, NEW_TOKENS each."""
+  return ours.generate(_chat_ids(ours), NEW_TOKENS)
+
+
 def test_config_and_tokenizer_settings(ours):
   cfg, tok = ours.cfg, ours.tokenizer
   assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size) == (30, 576, 9, 3, 49152)
@@ -194,12 +200,11 @@ def _first_difference(a, b) -> int | None:
   return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
-def test_greedy_chat_answers_match_transformers(ours, ours_via_hf, reference):
+def test_greedy_chat_answers_match_transformers(ours, ours_via_hf, reference, greedy):
   """8 chat prompts, 32 new tokens, one batch: both roads' greedy answers equal transformers.generate's token
   for token (a difference is allowed only at a near-tie, DESIGN's rule)."""
   hf_tok, hf = reference
-  ids = _chat_ids(ours)
-  got = ours.generate(ids, NEW_TOKENS)
+  ids, got = _chat_ids(ours), greedy
   assert ours_via_hf.generate(ids, NEW_TOKENS) == got
   eos = ours.cfg.eos_id
   # transformers.generate on the same ids, one left-padded batch (its row positions follow the mask).
@@ -256,7 +261,7 @@ def _flatten(tree, prefix=""):
       yield prefix + k, v
 
 
-def test_eval_generate_cli_wraps_prompts_in_the_models_chat_template(ours, tmp_path, capsys):
+def test_eval_generate_cli_wraps_prompts_in_the_models_chat_template(ours, greedy, tmp_path, capsys):
   """`hb-eval-generate --chat_template`: an instruct model answers in its own format (the paper's [INST]
   wrapper otherwise), greedy answers equal api.load(...).generate on the same chat prompts."""
   from hb_jax.cli import eval_generate_main
@@ -269,5 +274,5 @@ def test_eval_generate_cli_wraps_prompts_in_the_models_chat_template(ours, tmp_p
   assert eval_generate_main(argv) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["prompt_example"].startswith("<|im_start|>") and "[INST]" not in summary["prompt_example"]
-  want = [ours.tokenizer.decode(g).strip() for g in ours.generate(_chat_ids(ours), NEW_TOKENS)]
+  want = [ours.tokenizer.decode(g).strip() for g in greedy]
   assert [a["output"] for a in json.loads(out.read_text())] == want
