@@ -47,6 +47,10 @@ class RopeScaling:
                         f"{self.high_freq_factor} <= {self.low_freq_factor}")
 
 
+# hb_jax.model.attention.IMPLEMENTATIONS (this layer imports nothing from the model's).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "chunked", "splash", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """One config for the LLaMA family (LLaMA 1/2/3, MHA/GQA/MQA)."""
@@ -84,6 +88,10 @@ class ModelConfig:
   # at a time with their gradients taken in the same pass (hb_jax/train/fused_loss.py), so the float32
   # logits never exist whole. Same loss and gradients; on CPU 0.4 s of a 4.5 s 58M-parameter step.
   loss_chunk: int = 0
+  # How attention is computed (hb_jax.model.attention): auto | xla | chunked | splash | cudnn. A runtime
+  # choice like the mesh: never written to model.json (a folder opens with `auto`), set per run with
+  # --config.model.attention.
+  attention: str = "auto"
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -120,6 +128,8 @@ class ModelConfig:
       raise ConfigError(f"model.loss_chunk must be >= 0, found {self.loss_chunk}")
     if self.remat not in ("none", "full", "dots"):
       raise ConfigError(f"model.remat must be none|full|dots, found {self.remat!r}")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ConfigError(f"model.attention must be one of {ATTENTION_IMPLEMENTATIONS}, found {self.attention!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(f"model.dropout_rate must be in [0, 1), found {self.dropout_rate}")
     for i in self.extra_eos_ids:
@@ -155,8 +165,10 @@ class ModelConfig:
 
   def fields_dict(self) -> dict[str, Any]:
     """The fields as a dict, less extra_eos_ids when empty: what model.json and run fingerprints hold, so a
-    config without extra end ids serialises (and fingerprints) as it did before the field existed."""
+    config without extra end ids serialises (and fingerprints) as it did before the field existed. Less
+    `attention` always: how a run computes attention is not part of the model."""
     out = dataclasses.asdict(self)
+    del out["attention"]
     if not out["extra_eos_ids"]:
       del out["extra_eos_ids"]
     return out

@@ -2,7 +2,7 @@
 
 Rows advance independently (`index[b]` is row b's next free slot), so a left-padded batch, rows refilled
 with new prompts mid-decode, and a shared prefix all use the same masking rule as training: a query sees a
-slot iff the slot holds its segment and a position not after its own (see llama.attention_mask). Empty
+slot iff the slot holds its segment and a position not after its own (see hb_jax.model.attention). Empty
 slots carry segment id 0, which no real token has, so they are never attended to.
 """
 from __future__ import annotations

@@ -16,13 +16,11 @@ Attention masking is one rule for training, packing, left padding and the KV cac
 iff they share a segment id and the key's position is not after the query's. Segment id 0 marks padding.
 
 A shared prefix (one prompt head that every row starts with, e.g. the curation rubric) can be passed as a
-batch-1 KV cache: each row attends to it and to its own keys under one softmax, split in two parts,
+batch-1 KV cache: each row attends to it and to its own keys under one softmax over both, so the prefix is
+neither recomputed nor copied per row.
 
-    softmax([s_pre, s_own]) . [V_pre; V_own] = (e_pre V_pre + e_own V_own) / (sum e_pre + sum e_own),
-    e = exp(s - max(s_pre, s_own)),
-
-so the prefix is neither recomputed nor copied per row, and its scores are one matmul against all rows'
-queries at once instead of a matrix-vector product per row.
+The attention itself (the mask rule, the two-source softmax, and the implementations `model.attention`
+chooses among: xla, chunked, splash, cudnn) is hb_jax.model.attention.
 """
 from __future__ import annotations
 
@@ -34,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hb_jax.config import ModelConfig
+from hb_jax.model import attention
 from hb_jax.model.kv_cache import KVCache, write_layer_rows
 from hb_jax.parallel import constrain
 
@@ -141,13 +140,6 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def attention_mask(q_pos: Array, q_seg: Array, kv_pos: Array, kv_seg: Array) -> Array:
-  """[B, T, S] boolean: same segment and key not after query."""
-  same_segment = q_seg[:, :, None] == kv_seg[:, None, :]
-  causal = kv_pos[:, None, :] <= q_pos[:, :, None]
-  return same_segment & causal
-
-
 class Attention(nnx.Module):
   """Grouped-query attention: heads = kv_heads x groups; K/V are shared within a group."""
 
@@ -158,6 +150,7 @@ class Attention(nnx.Module):
     self.k_proj = Projection((d, k, hd), ("embed", "kv_heads", "head_dim"), pd, fan_in=d, rngs=rngs)
     self.v_proj = Projection((d, k, hd), ("embed", "kv_heads", "head_dim"), pd, fan_in=d, rngs=rngs)
     self.o_proj = Projection((h, hd, d), ("heads", "head_dim", "embed"), pd, fan_in=h * hd, rngs=rngs)
+    self.impl = cfg.attention  # a runtime choice (hb_jax.model.attention.resolve), static in the graph
 
   def __call__(self, x: Array, positions: Array, segment_ids: Array, inv_freq: Array,
                cache_kv: tuple[Array, Array] | None, layer: Array | None, cache_meta: KVCache | None,
@@ -192,26 +185,13 @@ class Attention(nnx.Module):
     b, t, n, hd = q.shape
     groups = n // keys.shape[1]
     q = q.reshape(b, t, keys.shape[1], groups, hd) / jnp.asarray(math.sqrt(hd), dt)
-    neg = jnp.finfo(jnp.float32).min
-    scores = jnp.einsum("btkgh,bksh->bkgts", q, keys, preferred_element_type=jnp.float32)
-    mask = attention_mask(positions, segment_ids, kv_pos, kv_seg)[:, None, None]
-    scores = jnp.where(mask, scores, neg)
-    if prefix_kv is None:
-      probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-      out = jnp.einsum("bkgts,bksh->btkgh", probs, values)
-    else:
-      pre_k, pre_v = (a.astype(dt) for a in prefix_kv)
-      pre_scores = jnp.einsum("btkgh,ksh->bkgts", q, pre_k, preferred_element_type=jnp.float32)
-      pre_pos = jnp.broadcast_to(prefix_meta.positions, (b, prefix_meta.slots))
-      pre_seg = jnp.broadcast_to(prefix_meta.segment_ids, (b, prefix_meta.slots))
-      pre_mask = attention_mask(positions, segment_ids, pre_pos, pre_seg)[:, None, None]
-      pre_scores = jnp.where(pre_mask, pre_scores, neg)
-      top = jax.lax.stop_gradient(jnp.maximum(pre_scores.max(-1, keepdims=True), scores.max(-1, keepdims=True)))
-      e_own, e_pre = jnp.exp(scores - top), jnp.exp(pre_scores - top)
-      denom = e_own.sum(-1) + e_pre.sum(-1)  # [b, k, g, t]
-      out = (jnp.einsum("bkgts,bksh->btkgh", e_own.astype(dt), values, preferred_element_type=jnp.float32)
-             + jnp.einsum("bkgts,ksh->btkgh", e_pre.astype(dt), pre_v, preferred_element_type=jnp.float32))
-      out = (out / denom.transpose(0, 3, 1, 2)[..., None]).astype(dt)
+    prefix = None
+    if prefix_kv is not None:
+      prefix = attention.Source(*prefix_kv, prefix_meta.positions.reshape(-1), prefix_meta.segment_ids.reshape(-1))
+    impl = attention.resolve(self.impl, q_shape=q.shape, kv_len=keys.shape[2], cached=cache_kv is not None,
+                             has_prefix=prefix is not None, dtype=dt)
+    out = attention.attend(q, positions, segment_ids, attention.Source(keys, values, kv_pos, kv_seg), prefix,
+                           impl=impl)
     y = self.o_proj(out.reshape(b, t, n, hd), "btnh,nhd->btd")
     return y, cache_kv
 
