@@ -9,6 +9,7 @@ The model's graph and parameters are split once; every call runs a jitted pure f
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -165,10 +166,13 @@ def fetch(x: jax.Array) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def load(path, mesh: Mesh | None = None, rules: Rules = SERVE_RULES) -> LanguageModel:
-  """Opens a model folder onto `mesh` (default: one device), resharding the stored params as needed."""
+def load(path, mesh: Mesh | None = None, rules: Rules = SERVE_RULES, *, attention: str | None = None) -> LanguageModel:
+  """Opens a model folder onto `mesh` (default: one device), resharding the stored params as needed;
+  `attention` (ModelConfig.attention, default auto) says how its forward passes compute attention."""
   path = epath.Path(path)
   cfg = model_folder.read_model_config(path)
+  if attention:
+    cfg = dataclasses.replace(cfg, attention=attention)
   mesh = mesh or single_device_mesh()
   params = model_folder.restore_params(path, cfg, mesh, rules)
   tokenizer = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
-from hb_jax.config import (DEFAULT_LENGTH_BUCKETS, ConfigError, MeshConfig, SampleConfig, SamplingConfig, TrainConfig,
+from hb_jax.config import (ATTENTION_IMPLEMENTATIONS, DEFAULT_LENGTH_BUCKETS, ConfigError, MeshConfig, SampleConfig, SamplingConfig, TrainConfig,
                            build, check_key, check_length_buckets, to_config_dict, to_plain)
 from hb_jax.data.synthetic import FAMILIES
 from hb_jax.eval.scaling import LOG_BASES, PAPER_SIZES
@@ -176,6 +176,17 @@ class ScalingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelRuntimeConfig:
+  """How every stage runs the models it loads and trains: never written to a model folder, in no stage's
+  hash (like `mesh`). attention: auto | xla | chunked | splash | cudnn (hb_jax.model.attention)."""
+  attention: str = "auto"
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ConfigError(f"model.attention must be one of {ATTENTION_IMPLEMENTATIONS}, found {self.attention!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   name: str
   inputs: InputsConfig = InputsConfig()
@@ -188,6 +199,7 @@ class PipelineConfig:
   evaluate: EvaluateConfig = EvaluateConfig()
   scaling: ScalingConfig = ScalingConfig()
   mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)  # inference: per-process replica mesh
+  model: ModelRuntimeConfig = ModelRuntimeConfig()
   # Prompt-length buckets of every inference stage (augment, curate, evaluate): each bucket a prompt group
   # pads to is a set of programs to compile. Like `mesh`, how a stage runs, not what it computes, so no
   # stage's hash holds it (outputs are bitwise the same only for the same batch plan).

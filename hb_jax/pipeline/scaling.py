@@ -241,7 +241,8 @@ def run_sizes(ctx, pool: Sequence[dict], steps: Mapping[int, int], evaluator: Ev
       continue
     trained = False
     if not model_folder.is_model_folder(model):
-      res = finetune(tc, base, d / "train.jsonl", model, train_dir, records=subset, overwrite=True)
+      res = finetune(tc, base, d / "train.jsonl", model, train_dir, records=subset, overwrite=True,
+                     attention=ctx.cfg.model.attention)
       if not res.completed:
         raise RuntimeError(f"scaling: training of {model} stopped at step {res.step} of {res.num_steps} "
                            "(preempted); rerun to continue from its checkpoint")

@@ -86,7 +86,8 @@ class Context:
     """A model folder on the inference mesh, with the config's `mesh.rules` overrides of the serving layout."""
     from hb_jax import api
     from hb_jax.parallel import SERVE_RULES, with_overrides
-    return api.load(path, mesh=self.inference_mesh(), rules=with_overrides(SERVE_RULES, self.cfg.mesh))
+    return api.load(path, mesh=self.inference_mesh(), rules=with_overrides(SERVE_RULES, self.cfg.mesh),
+                    attention=self.cfg.model.attention)
 
 
 def model_hash(path: epath.Path) -> str:
@@ -225,7 +226,7 @@ def _finetune(ctx: Context, tc: TrainConfig, name: str, recs: list[dict], data_r
   ctx.barrier(f"data-{name}")
   if not model_folder.is_model_folder(out):  # a crash after the model was saved needs no retraining
     res = finetune(tc, ctx.model_dir("base"), ctx.path(data_rel), out, ctx.path(f"work/train/{name}"),
-                   records=recs, tokenize=tokenize, overwrite=True)
+                   records=recs, tokenize=tokenize, overwrite=True, attention=ctx.cfg.model.attention)
     if not res.completed:
       raise RuntimeError(f"training of models/{name} stopped at step {res.step} of {res.num_steps} "
                          "(preempted); rerun to continue from its checkpoint")
@@ -453,7 +454,8 @@ def finetune_one(ctx: Context, train_jsonl: str, output: str, direction: str = "
   tc = dataclasses.replace(ctx.cfg.train if direction == "forward" else ctx.cfg.backward,
                            tag_mode=ctx.train_tag_mode)
   out = epath.Path(output) if output else ctx.path("models/finetuned")
-  res = finetune(tc, ctx.model_dir("base"), train_jsonl, out, ctx.path(f"work/train/{out.name}"), overwrite=True)
+  res = finetune(tc, ctx.model_dir("base"), train_jsonl, out, ctx.path(f"work/train/{out.name}"), overwrite=True,
+                 attention=ctx.cfg.model.attention)
   if not res.completed:
     raise RuntimeError(f"finetune stopped at step {res.step} of {res.num_steps}; rerun to continue")
   return {"model": model_hash(out)}

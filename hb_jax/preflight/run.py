@@ -142,8 +142,9 @@ def preflight(spec: str, overrides: Sequence[str] = (), topology_name: str | Non
   from hb_jax import estimate as est_lib
   loaded = est_lib.load_config(spec, overrides=overrides)
   serve_cfg, source = (model, "given") if model is not None else serving_model(loaded)
+  serve_cfg = dataclasses.replace(serve_cfg, attention=loaded.pipeline.model.attention)
   target = topology.target(topology_name or default_topology(loaded))
-  notes = [f"model: {source}"]
+  notes = [f"model: {source}", f"attention: {serve_cfg.attention} (--config.model.attention)"]
   if target.platform == "cpu":
     notes.append(f"XLA:CPU figures for {len(target.devices)} simulated devices (no TPU compiler): the programs "
                  "compute in float32 ('auto' dtype on CPU), so activations and caches take twice their bf16 "

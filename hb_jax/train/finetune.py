@@ -63,11 +63,12 @@ def pair_tokenizer(tokenizer, direction: str = "forward", tag_mode: str = "sourc
 
 def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir, *,
              records: Sequence[Mapping[str, Any]] | None = None, tokenize: Tokenize | None = None,
-             mesh: Mesh | None = None, overwrite: bool = False) -> FinetuneResult:
+             mesh: Mesh | None = None, overwrite: bool = False, attention: str | None = None) -> FinetuneResult:
   """Finetunes the model in `base_model_dir` on `train_jsonl` (or `records`); writes `output_dir`.
 
   workdir holds checkpoints/, metrics.jsonl, data_stats.json. `tokenize` overrides the default
-  (tokenizer of the base folder + prompt templates for cfg.direction).
+  (tokenizer of the base folder + prompt templates for cfg.direction). `attention` (ModelConfig.attention)
+  says how the run computes attention; the folder written does not record it.
   """
   workdir, output_dir = epath.Path(workdir), epath.Path(output_dir)
   if model_folder.is_model_folder(output_dir) and not overwrite:
@@ -99,6 +100,8 @@ def finetune(cfg: TrainConfig, base_model_dir, train_jsonl, output_dir, workdir,
     log.warning("finetune data (seq_len %d, overlong=%s): %s", cfg.seq_len, cfg.overlong, data_stats)
 
   model_cfg = loop.training_model_config(base_cfg, cfg)
+  if attention:
+    model_cfg = dataclasses.replace(model_cfg, attention=attention)
   rules = with_overrides(TRAIN_RULES, cfg.mesh)
   result = loop.train(model_cfg, cfg, mesh, train_ex, workdir, val_examples=val_ex, rules=rules,
                       init_params=lambda: model_folder.restore_params(base_model_dir, base_cfg, mesh, rules))
