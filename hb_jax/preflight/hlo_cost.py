@@ -79,7 +79,9 @@ def _split(text: str) -> tuple[str, list[_Computation], str]:
           entry = cur.name
       continue
     cur.lines.append(line)
-    if line.startswith("}"):
+    # A computation ends at a line of its own "}": a Pallas kernel's custom call carries a string attribute
+    # with newlines in it, so a line of that instruction may start with "}}, metadata=...".
+    if line.rstrip() == "}":
       comps.append(cur)
       cur = None
       continue
