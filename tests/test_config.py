@@ -49,6 +49,9 @@ def test_build_names_renamed_unknown_and_mistyped_keys():
     pc.from_config_dict({"name": "x", "augment": {"sampling": {"top_p": 2}}})
   with pytest.raises(ConfigError, match=r"length_buckets must be positive and strictly increasing, found \(256, 64\)"):
     pc.from_config_dict({"name": "x", "length_buckets": [256, 64]})
+  with pytest.raises(ConfigError, match=r"model.attention must be one of .*found 'flash'"):
+    pc.from_config_dict({"name": "x", "model": {"attention": "flash"}})
+  assert pc.load(TINY, ["model.attention=chunked"]).model.attention == "chunked"
   with pytest.raises(ConfigError, match=r"x.mesh: expected a section of MeshConfig fields, found 3"):
     build(TrainConfig, {"mesh": 3}, "x")
   assert build(TrainConfig, {"learning_rate": 1, "mesh": {"tensor": 2}}, "t").learning_rate == 1.0

@@ -83,6 +83,12 @@ def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, has_prefix: bool
   if choice not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention: expected one of {IMPLEMENTATIONS}, found {choice!r}")
   backend = backend or _target_platform()
+  impl = _resolve(choice, q_shape, kv_len, cached, dtype, backend)
+  _say_once(f"model.attention={choice} runs {impl} for {'cached' if cached else 'uncached'} calls on {backend}")
+  return impl
+
+
+def _resolve(choice, q_shape, kv_len, cached, dtype, backend) -> str:
   b, t, k, g, h = q_shape
   score_bytes = 4 * b * k * g * t * kv_len
   portable = "xla" if score_bytes <= AUTO_CHUNKED_SCORE_BYTES else "chunked"

@@ -213,7 +213,7 @@ def test_changed_config_is_refused_naming_stage_and_keys(augmented, tmp_path):
     runner.run(tiny_config(**{"backward.num_steps": 5}), wd, only="augment")
   # ... while another layout (how it ran, not what it computed) is accepted: stages on different hardware.
   layout = tiny_config(**{"backward.mesh.tensor": 2, "backward.micro_batches": 2, "backward.log_every": 3,
-                          "length_buckets": (64, 256, 1024, 2048)})
+                          "length_buckets": (64, 256, 1024, 2048), "model.attention": "chunked"})
   assert runner.run(layout, wd, only="augment").skipped == ["augment"]
   # Tags mark forward data: the backward model (trained alone) does not depend on them. Manifests written
   # before this version recorded ablation.tags for it: the check sees that entry through today's keys.
