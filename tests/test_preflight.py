@@ -33,7 +33,8 @@ needs_libtpu = pytest.mark.skipif(not libtpu.installed(), reason="libtpu (the tp
 def report():
   # Inference replicas of 2 devices (4 per host of 8), training FSDP over all 8. Attention: the einsum
   # reference, whose FLOPs the compiler counts (a Pallas kernel's it cannot see); splash has its own test.
-  return preflight(TINY, ["mesh.tensor=2", "model.attention=xla"], "v5e-8", model=MODEL)
+  return preflight(TINY, ["mesh.tensor=2", "model.attention=xla", "curate.compare=('generate', 'digits', 'likelihood')"],
+                   "v5e-8", model=MODEL)
 
 
 def test_slice_names_map_to_topologies():
@@ -54,8 +55,8 @@ def test_every_stage_compiles_for_the_slice(report):
   assert report.target.describe()["devices"] == 8 and report.target.hosts == 1
   assert report.chip_hbm_bytes == pytest.approx(15.75 * 2**30)  # v5e: the compiler's own limit
   stages = {m.stage for m in report.programs}
-  # configs/tiny.py curates with `generate` (its fallback reads the digits after the reasoning) and compares
-  # `digits` and `likelihood`.
+  # configs/tiny.py curates with `generate` (its fallback reads the digits after the reasoning); the fixture
+  # compares `digits` and `likelihood` too.
   assert stages == {"backward", "augment", "seed", "train_1", "train_2", "no_curation", "evaluate"} | {
     f"curate_{t}{m}" for t in (1, 2) for m in ("", " fallback", " digits", " likelihood")}
   names = {(m.stage, m.program) for m in report.programs}

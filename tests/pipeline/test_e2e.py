@@ -3,7 +3,7 @@ check that needs a finished or partly finished run, each on a copy of it rather 
   * every stage runs on the paper's path (the Table-1 rubric, `generate` selecting the training data, its
     fallback route), the report and exports carry the contract's keys and provenance;
   * a run killed with SIGKILL right after a chunk commits, twice, and rerun ends with byte-identical datasets;
-  * curate_1 on 2 processes x 4 CPU devices (gloo) gives exactly the records of the shared run;
+  * curate_1 on 2 processes (gloo) gives exactly the records of the shared run;
   * the runner: skipping finished stages, refusing a changed config (naming stage and keys), --restart_from,
     resuming a half-done bulk stage to byte-identical outputs, user files as inputs;
   * the ablations train and are evaluated: no curation; a joint forward/backward model without tags;
@@ -120,7 +120,7 @@ def test_full_run_report_and_provenance(full_run):
   # (parsed + fallback + none = candidates), and the report counts what its text did not say.
   for t in ("1", "2"):
     methods = summary["methods"][t]
-    assert set(methods) == {"generate", "digits", "likelihood"}
+    assert set(methods) == {"generate", "likelihood"}
     for m in methods.values():
       assert m["scored"] == summary["candidates"] and {"precision", "recall", "A4_precision"} <= set(m)
     gen = methods["generate"]
@@ -144,12 +144,12 @@ def test_full_run_report_and_provenance(full_run):
 
 
 def test_kill9_then_rerun_gives_identical_datasets(full_run, tmp_path):
-  """SIGKILL right after a chunk commits (the jobs failpoint), once in augment and once in curate_1's digits
-  pass; each killed run is shown unfinished at that point, and the run that finishes curate_1 writes the shared
+  """SIGKILL right after a chunk commits (the jobs failpoint), once in augment and once in curate_1's
+  likelihood pass; each killed run is shown unfinished at that point, and the run that finishes curate_1 writes the shared
   run's bytes (the later stages resume like any other: test_two_processes_match_one and the runner tests)."""
   wd = _after_seed(full_run, tmp_path / "killed")
   for kill_at, done_before, parts in (("candidates:0", "seed", "augment/parts"),
-                                      ("digits:1", "augment", "curate/iter1/parts")):
+                                      ("likelihood:1", "augment", "curate/iter1/parts")):
     p = _launch(wd, env_extra={"HB_JAX_KILL_AFTER_COMMIT": kill_at})
     out, _ = p.communicate(timeout=900)
     assert p.returncode == -signal.SIGKILL, out[-4000:]
@@ -168,21 +168,22 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_one(full_run, tmp_path):
-  """curate_1 on 2 processes x 4 CPU devices (gloo) writes exactly the records of the shared run on one process
-  and one device: a record's output depends on its id and its chunk, not on who computes it. curate_1 runs
-  all three raters, so it covers the sampler (generate, as in augment and evaluate), the fallback and the
-  scorer, through the same bulk job as every other stage."""
+  """curate_1 on 2 processes of one CPU device each (gloo) writes exactly the records of the shared run on
+  one process: a record's output depends on its id and its chunk, not on who computes it. Its raters cover
+  the sampler (generate, as in augment and evaluate), the fallback and the scorer, through the same bulk job
+  as every other stage. One device per process, as in the shared run: its programs come from the shared
+  compilation cache, and a replica over several local devices is tests/sample/test_sharded.py's and
+  tests/test_multiprocess.py's to check."""
   two = _trimmed(full_run, tmp_path / "two", ("prepare", "backward", "augment", "seed"))
   port = _free_port()
   procs = [_launch(two, "--stage=curate_1", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                   f"--process_id={i}", devices=4) for i in range(2)]
+                   f"--process_id={i}", devices=1) for i in range(2)]
   outs = [p.communicate(timeout=900)[0] for p in procs]
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o[-4000:]
   parts = sorted(os.listdir(two / "curate/iter1/parts"))
   assert any("-p000of002-" in n for n in parts) and any("-p001of002-" in n for n in parts), parts  # 2 shards
-  for rel in ("curate/iter1/scores_digits.jsonl", "curate/iter1/scores_likelihood.jsonl",
-              "curate/iter1/scores_generate.jsonl", "curate/iter1/A4.jsonl"):
+  for rel in ("curate/iter1/scores_likelihood.jsonl", "curate/iter1/scores_generate.jsonl", "curate/iter1/A4.jsonl"):
     assert (full_run / rel).read_bytes() == (two / rel).read_bytes(), rel
 
 
