@@ -2,6 +2,10 @@
 torch AdamW, same model, batch and precision, in one process; MFU against a measured square matmul rate.
 
     python bench/run.py train [--steps 6] [--rounds 2] [--batch 8] [--seq 256] [--matmul 2048] [--no-reference]
+                              [--no-chunked]
+
+hb_jax runs its default attention (xla's einsum on CPU) and, beside it, the blockwise `chunked` attention
+(hb_jax.model.attention), whose tokens/s is reported with its ratio to the default.
 
 Both sides: fp32, loss on every token, dropout off, global-norm clipping at 1.0, AdamW(0.9, 0.95, wd 0.1).
 tokens/s counts batch x seq tokens per step; MFU = 6 x non-embedding params + causal attention FLOPs per
@@ -37,7 +41,7 @@ def matmul_fns(n: int) -> dict[str, callable]:
   return out
 
 
-def setup_ours(batch: int, seq: int, scan_unroll: int = 1, loss_chunk: int = 0):
+def setup_ours(batch: int, seq: int, scan_unroll: int = 1, loss_chunk: int = 0, attention: str = "auto"):
   """(one-step closure, info) for the hb_jax train step, compiled and warm-started."""
   import jax
 
@@ -46,7 +50,8 @@ def setup_ours(batch: int, seq: int, scan_unroll: int = 1, loss_chunk: int = 0):
   from hb_jax.parallel import make_mesh, MeshConfig
   from hb_jax.train import step as step_lib
 
-  cfg = ModelConfig(**CONFIG_58M, dtype="float32", scan_unroll=scan_unroll, loss_chunk=loss_chunk)
+  cfg = ModelConfig(**CONFIG_58M, dtype="float32", scan_unroll=scan_unroll, loss_chunk=loss_chunk,
+                    attention=attention)
   tc = TrainConfig(learning_rate=1e-5, end_learning_rate=9e-6, dropout_rate=0.0)
   mesh = make_mesh(MeshConfig(1, -1, 1))
   tx, sched = step_lib.make_optimizer(tc, 1000)
@@ -116,6 +121,8 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--seq", type=int, default=256)
   parser.add_argument("--matmul", type=int, default=2048)
   parser.add_argument("--no-reference", dest="reference", action="store_false")
+  parser.add_argument("--no-chunked", dest="chunked", action="store_false",
+                      help="skip the chunked-attention contender")
   args = parser.parse_args(argv)
 
   import jax
@@ -124,6 +131,8 @@ def main(argv: list[str]) -> dict:
   # alike. Each block starts with one untimed step: the first XLA step right after torch has run took
   # 1.2-1.5 s longer than the steady state here (4.9 s), and a training loop never pays that.
   fns = {"ours": setup_ours(args.batch, args.seq, args.scan_unroll, args.loss_chunk)}
+  if args.chunked:
+    fns["chunked"] = setup_ours(args.batch, args.seq, args.scan_unroll, args.loss_chunk, attention="chunked")
   if args.reference:
     fns["reference"] = setup_torch(args.batch, args.seq)
   mm = matmul_fns(args.matmul)
@@ -149,6 +158,9 @@ def main(argv: list[str]) -> dict:
   ref = {"tokens_per_s": tokens / med["reference"], "step_s": med["reference"]} if args.reference else None
   mfu = ours["flops_per_token"] * ours["tokens_per_s"] / peak["jax"]
   rows = [("hb_jax (jit, AdamW)", ours["tokens_per_s"], ours["step_s"], mfu)]
+  chunked = tokens / med["chunked"] if args.chunked else None
+  if chunked:
+    rows.append(("hb_jax, chunked attention", chunked, med["chunked"], ours["flops_per_token"] * chunked / peak["jax"]))
   if ref:
     rows.append(("transformers + torch AdamW", ref["tokens_per_s"], ref["step_s"],
                  ours["flops_per_token"] * ref["tokens_per_s"] / peak["jax"]))
@@ -161,8 +173,11 @@ def main(argv: list[str]) -> dict:
     print(f"{name:30s} {tps:10.1f} {s:8.3f} {m:7.1%}")
   ratio = ours["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
   print(f"ratio (ours / reference): {ratio:.2f}x; hb_jax compile {ours['compile_s']:.1f}s")
+  if chunked:
+    print(f"chunked attention / default: {chunked / ours['tokens_per_s']:.2f}x tokens/s")
   return {"ours": round(ours["tokens_per_s"], 2), "reference": round(ref["tokens_per_s"], 2) if ref else None,
           "ratio": round(ratio, 3), "unit": "tokens/s", "mfu": round(mfu, 4),
+          "chunked": round(chunked, 2) if chunked else None,
           "matmul_gflops": {k: round(v / 1e9, 2) for k, v in peak.items()},
           "batch": args.batch, "seq": args.seq, "steps": args.steps, "rounds": args.rounds,
           "scan_unroll": args.scan_unroll, "loss_chunk": args.loss_chunk, "dtype": "float32",
