@@ -86,7 +86,7 @@ def test_chunked_keeps_no_full_score_matrix():
 
 def test_resolve_picks_by_backend_and_says_why():
   shape = (2, 512, 8, 4, 128)
-  kw = dict(q_shape=shape, kv_len=512, has_prefix=False, dtype=jnp.bfloat16)
+  kw = dict(q_shape=shape, kv_len=512, dtype=jnp.bfloat16)
   assert A.resolve("auto", cached=False, backend="tpu", **kw) == "splash"
   assert A.resolve("auto", cached=True, backend="tpu", **kw) == "xla"  # decode: small scores
   assert A.resolve("auto", cached=False, backend="gpu", **kw) == "cudnn"

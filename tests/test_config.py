@@ -86,12 +86,14 @@ def test_a_workdir_finished_by_the_previous_layout_resumes_with_nothing_redone(t
   """tests/pipeline/data/tiny_manifest_ab26090.json is the manifest of `python launch/run.py
   --config=configs/tiny.py` finished by commit ab26090, before this config layout (flat sampling keys,
   train.mesh_*, no mesh.rules, no curate.fallback). Today's configs/tiny.py, set as tiny was then (digits
-  selecting with the compact rubric; generate without the fallback, which did not exist), finds every stage
+  selecting with the compact rubric, all three raters compared; generate without the fallback, which did not
+  exist), finds every stage
   done, and a lone stage too; with today's fallback default the curate stages are refused, naming it."""
   from hb_jax.pipeline import runner
   (tmp_path / "manifest.json").write_bytes(
       open(os.path.join(REPO, "tests", "pipeline", "data", "tiny_manifest_ab26090.json"), "rb").read())
-  then = ["curate.method=digits", "curate.header=compact", "curate.generate_sample=8"]
+  then = ["curate.method=digits", "curate.header=compact", "curate.generate_sample=8",
+          "curate.compare=('generate', 'digits', 'likelihood')"]
   result = runner.run(pc.load(TINY, then + ["curate.fallback=false"]), tmp_path)
   assert result.ran == [] and "train_2" in result.skipped and "report" in result.skipped
   assert runner.run(pc.load(TINY, then + ["curate.fallback=false", "augment.batch=8"]), tmp_path,

@@ -73,8 +73,7 @@ def _say_once(message: str) -> None:
     _log.info("attention: %s", message)
 
 
-def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, has_prefix: bool, dtype,
-            backend: str | None = None) -> str:
+def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: str | None = None) -> str:
   """The implementation a call runs: `choice` if it applies to this call, else the portable one, said once.
 
   `auto` picks by backend and shape: splash on TPU for rows without a cache, cudnn on GPU where its

@@ -189,7 +189,7 @@ class Attention(nnx.Module):
     if prefix_kv is not None:
       prefix = attention.Source(*prefix_kv, prefix_meta.positions.reshape(-1), prefix_meta.segment_ids.reshape(-1))
     impl = attention.resolve(self.impl, q_shape=q.shape, kv_len=keys.shape[2], cached=cache_kv is not None,
-                             has_prefix=prefix is not None, dtype=dt)
+                             dtype=dt)
     out = attention.attend(q, positions, segment_ids, attention.Source(keys, values, kv_pos, kv_seg), prefix,
                            impl=impl)
     y = self.o_proj(out.reshape(b, t, n, hd), "btnh,nhd->btd")
