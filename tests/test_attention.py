@@ -103,7 +103,7 @@ def test_resolve_picks_by_backend_and_says_why():
 
 
 def test_model_with_each_implementation_gives_xla_logits_and_gradients():
-  cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+  cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
                     max_position_embeddings=256)
   tokens = jax.random.randint(jax.random.key(1), (2, 40), 0, 64)
   seg = jnp.ones((2, 40), jnp.int32).at[0, 30:].set(2)
