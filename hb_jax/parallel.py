@@ -68,6 +68,13 @@ REPLICABLE_PARAM_AXES = ("kv_heads",)
 # ------------------------------------------------------------------------------------------------ mesh
 
 
+def target_platform() -> str:
+  """The platform a program is built for: the mesh set with `jax.set_mesh` (a TPU pod's, compiled ahead of
+  time on a CPU machine by hb_jax.preflight), else this process's default backend."""
+  target = jax.sharding.get_abstract_mesh().abstract_device
+  return target.platform if target is not None else jax.default_backend()
+
+
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None, *,
               all_devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh over `devices` (default: all), -1 filling the rest.

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from hb_jax.config import ATTENTION_IMPLEMENTATIONS
+from hb_jax.parallel import TRAIN_RULES, logical_to_spec, target_platform
 
 Array = jax.Array
 
@@ -81,7 +82,7 @@ def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: 
   """
   if choice not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention: expected one of {IMPLEMENTATIONS}, found {choice!r}")
-  backend = backend or _target_platform()
+  backend = backend or target_platform()
   impl = _resolve(choice, q_shape, kv_len, cached, dtype, backend)
   _say_once(f"model.attention={choice} runs {impl} for {'cached' if cached else 'uncached'} calls on {backend}")
   return impl
@@ -106,13 +107,6 @@ def _resolve(choice, q_shape, kv_len, cached, dtype, backend) -> str:
       _say_once(f"cudnn does not apply ({problem}): chunked instead")
       return "chunked"
   return choice
-
-
-def _target_platform() -> str:
-  """The platform the program is built for: the mesh set with jax.set_mesh (a TPU pod's, compiled ahead of
-  time by hb_jax.preflight), else this process's default backend."""
-  target = jax.sharding.get_abstract_mesh().abstract_device
-  return target.platform if target is not None else jax.default_backend()
 
 
 def _cudnn_problem(q_shape, dtype) -> str | None:
@@ -354,13 +348,11 @@ def splash_attention(q: Array, q_seg: Array, src: Source, *, with_lse: bool = Fa
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
   from jax.sharding import PartitionSpec as P
 
-  from hb_jax.parallel import TRAIN_RULES, logical_to_spec
-
   b, t, kh, g, h = q.shape
   if src.shared or src.k.shape[2] != t:
     raise ValueError("splash attention: keys must be the rows' own tokens (no cache, no shared source)")
   if interpret is None:
-    interpret = _target_platform() != "tpu"
+    interpret = target_platform() != "tpu"
   tp = t + (-t % SPLASH_BLOCK)
   # Padding rows get a segment of their own: they attend to themselves, never to a real token (splash
   # needs every row to see at least one key).

@@ -34,7 +34,7 @@ from flax import nnx
 from hb_jax.config import ModelConfig
 from hb_jax.model import attention
 from hb_jax.model.kv_cache import KVCache, write_layer_rows
-from hb_jax.parallel import constrain
+from hb_jax.parallel import constrain, target_platform
 
 Array = jax.Array
 
@@ -44,9 +44,7 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
   the one the program is built for: the mesh set with `jax.set_mesh` (a TPU pod's, compiled ahead of time on
   a CPU machine by hb_jax.preflight), else this process's default backend."""
   if cfg.dtype == "auto":
-    target = jax.sharding.get_abstract_mesh().abstract_device
-    platform = target.platform if target is not None else jax.default_backend()
-    return jnp.float32 if platform == "cpu" else jnp.bfloat16
+    return jnp.float32 if target_platform() == "cpu" else jnp.bfloat16
   return jnp.dtype(cfg.dtype)
 
 
@@ -187,7 +185,8 @@ class Attention(nnx.Module):
     q = q.reshape(b, t, keys.shape[1], groups, hd) / jnp.asarray(math.sqrt(hd), dt)
     prefix = None
     if prefix_kv is not None:
-      prefix = attention.Source(*prefix_kv, prefix_meta.positions.reshape(-1), prefix_meta.segment_ids.reshape(-1))
+      prefix = attention.Source(*(a.astype(dt) for a in prefix_kv), prefix_meta.positions.reshape(-1),
+                                prefix_meta.segment_ids.reshape(-1))
     impl = attention.resolve(self.impl, q_shape=q.shape, kv_len=keys.shape[2], cached=cache_kv is not None,
                              dtype=dt)
     out = attention.attend(q, positions, segment_ids, attention.Source(keys, values, kv_pos, kv_seg), prefix,
