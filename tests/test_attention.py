@@ -94,6 +94,12 @@ def test_resolve_picks_by_backend_and_says_why():
   big = dict(kw, q_shape=(8, 8192, 8, 4, 128), kv_len=8192)
   assert A.resolve("auto", cached=False, backend="cpu", **big) == "chunked"
   assert A.resolve("splash", cached=True, backend="tpu", **kw) == "xla"
+  long_cache = dict(kw, q_shape=(64, 1, 8, 4, 128), kv_len=4096)  # a decode step over a long cache
+  for choice, backend in (("auto", "gpu"), ("auto", "tpu"), ("chunked", "cpu"), ("splash", "tpu")):
+    assert A.resolve(choice, cached=True, backend=backend, **long_cache) == "ragged"
+  assert A.resolve("auto", cached=True, backend="cpu", **long_cache) == "xla"  # slices copy on CPU
+  assert A.resolve("chunked", cached=True, backend="cpu", **kw) == "ragged"
+  assert A.resolve("xla", cached=True, backend="cpu", **long_cache) == "xla"
   assert A.resolve("cudnn", cached=False, backend="cpu", **kw) == "chunked"
   assert A.resolve("cudnn", cached=False, backend="gpu", **dict(kw, dtype=jnp.float32)) == "chunked"
   with pytest.raises(ValueError, match="model.attention: expected one of"):
@@ -127,12 +133,60 @@ def test_model_with_each_implementation_gives_xla_logits_and_gradients():
     assert _rel(x, y) < 1e-4
   splash = Llama(dataclasses.replace(cfg, attention="splash"), rngs=nnx.Rngs(0))
   assert _rel(jax.jit(lambda t: splash(t, pos, seg)[0])(tokens), want) < RTOL
-  # The cached path (prefill, then decode) is unchanged by the choice: splash falls back to xla there.
+  # The cached path (prefill, then decode) is unchanged by the choice: splash falls back to xla there
+  # (a cache of one RAGGED_BLOCK or less is read whole), and over a longer cache the ragged read is xla's.
   model = Llama(dataclasses.replace(cfg, attention="splash"), rngs=nnx.Rngs(0))
   ref = Llama(cfg, rngs=nnx.Rngs(0))
   a, _ = jax.jit(lambda t: model(t, cache=init_cache(cfg, 2, 48)))(tokens)
   b, _ = jax.jit(lambda t: ref(t, cache=init_cache(cfg, 2, 48)))(tokens)
   np.testing.assert_array_equal(a, b)
+  slots = A.RAGGED_BLOCK + 40
+  step = jax.jit(lambda m, t, p, c: m(t, p, cache=c))
+  decoded = {}
+  for attention in ("chunked", "xla"):
+    m = Llama(dataclasses.replace(cfg, attention=attention), rngs=nnx.Rngs(0))
+    logits, cache = step(m, tokens, pos, init_cache(cfg, 2, slots))
+    for i in range(3):  # decode steps read the cache
+      nxt, cache = step(m, tokens[:, i:i + 1], jnp.full((2, 1), 40 + i), cache)
+      logits = jnp.concatenate([logits, nxt], axis=1)
+    decoded[attention] = logits
+  assert _rel(decoded["chunked"], decoded["xla"]) < RTOL
+
+
+def _cache_case(live, t=1, s=50, b=3, k=2, g=3, h=16, seed=3):
+  """A KV cache source of `s` slots whose row b holds live[b] filled slots (a left-padded prompt's 4 pad slots
+  first, then its tokens; the new t queries are the last t of them) and garbage past them (segment 0)."""
+  ks = jax.random.split(jax.random.key(seed), 3)
+  live = np.asarray(live, np.int32)
+  seg = (np.arange(s)[None] < live[:, None]).astype(np.int32)
+  seg[:, :4] = 0
+  pos = np.maximum(np.arange(s)[None] - 4, 0).repeat(b, 0) * seg
+  q_pos = jnp.asarray(live[:, None] - 5 - np.arange(t)[::-1][None])
+  src = A.Source(jax.random.normal(ks[0], (b, k, s, h)), jax.random.normal(ks[1], (b, k, s, h)), jnp.asarray(pos),
+                 jnp.asarray(seg), jnp.asarray(live))
+  return jax.random.normal(ks[2], (b, t, k, g, h)) / 4, q_pos, jnp.ones((b, t), jnp.int32), src
+
+
+@pytest.mark.parametrize("t, prefix_len", [(1, 0), (1, 24), (6, 0)])
+def test_ragged_cache_read_equals_xla(t, prefix_len):
+  """The decode path reads blocks up to the longest live row only; 50 slots in blocks of 16 end with a
+  clamped block (slots 34..49) whose first slots an earlier block already read."""
+  q, q_pos, q_seg, src = _cache_case([11, 50, 23], t=t)
+  prefix = _case(prefix_len=prefix_len)[2] if prefix_len else None
+  if prefix is not None:
+    q_pos = q_pos + prefix_len
+    src = src._replace(pos=src.pos + prefix_len * (src.seg > 0))
+  got = jax.jit(lambda q: A.attend(q, q_pos, q_seg, src, prefix, impl="ragged", block_kv=16))(q)
+  assert _rel(got, A.attend(q, q_pos, q_seg, src, prefix, impl="xla")) < RTOL
+
+
+def test_ragged_rows_do_not_depend_on_batch_mates():
+  """A row's output is bitwise the same whether the loop stops at its own blocks or runs on for a longer
+  batch-mate: blocks it cannot see are exact no-ops."""
+  q, q_pos, q_seg, src = _cache_case([9, 50, 23])
+  read = jax.jit(lambda q, src: A.attend(q, q_pos, q_seg, src, impl="ragged", block_kv=16))
+  alone = read(q, src._replace(live=src.live.at[1:].set(9)))  # every row within the first block
+  np.testing.assert_array_equal(read(q, src)[0], alone[0])
 
 
 def test_attention_is_not_written_to_model_json():

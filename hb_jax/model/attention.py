@@ -18,6 +18,9 @@ cache is, [B, kv_heads, S, head_dim].
            in interpret mode off TPU (tests). It masks by index, so it applies where index order is
            position order within every segment: rows without a KV cache (training, packed or left-padded).
   cudnn    jax.nn.dot_product_attention(implementation="cudnn") on GPUs with the rule as a dense mask.
+  ragged   (not a choice: what `auto` and `chunked` run over a KV cache) the online softmax over key blocks
+           in a loop that stops at the batch's longest live row (`Source.live`), so a decode step reads
+           the slots rows have filled, not the whole allocated cache. Forward only (inference).
 
 A shared prefix (one batch-less K/V every row attends before its own keys, e.g. the curation rubric) is a
 second source: each source gives (out, lse), and the two merge exactly,
@@ -47,8 +50,11 @@ Array = jax.Array
 IMPLEMENTATIONS = ATTENTION_IMPLEMENTATIONS  # auto, xla, chunked, splash, cudnn (ModelConfig.attention)
 NEG = float(jnp.finfo(jnp.float32).min)  # the masked score: exp(NEG - any real max) is exactly 0
 # `auto` keeps xla's one-shot scores while one layer's [B, K, G, T, S] float32 block stays under this many
-# bytes (decode steps, short rows); above it the blockwise path bounds memory.
+# bytes (short rows); above it the blockwise path bounds memory.
 AUTO_CHUNKED_SCORE_BYTES = 256 * 2**20
+# The key block of the ragged cache read: a cache of at most one block is read whole (xla's one einsum);
+# a longer one a block at a time, up to the longest live row.
+RAGGED_BLOCK = 512
 SPLASH_BLOCK = 128  # splash's sequence blocks are multiples of 128 (the TPU lane width)
 
 _log = logging.getLogger(__name__)
@@ -57,11 +63,13 @@ _said: set[str] = set()
 
 class Source(NamedTuple):
   """One key/value source: k, v [B, K, S, H] (or [K, S, H] shared by every row), positions and segment ids
-  [B, S] (or [S])."""
+  [B, S] (or [S]), and for a KV cache `live` [B]: row b's slots at and past live[b] are all empty (its write
+  index), so a ragged read may stop there."""
   k: Array
   v: Array
   pos: Array
   seg: Array
+  live: Array | None = None
 
   @property
   def shared(self) -> bool:
@@ -77,8 +85,9 @@ def _say_once(message: str) -> None:
 def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: str | None = None) -> str:
   """The implementation a call runs: `choice` if it applies to this call, else the portable one, said once.
 
-  `auto` picks by backend and shape: splash on TPU for rows without a cache, cudnn on GPU where its
-  constraints hold, and elsewhere xla while one layer's scores are small (decode, short rows), chunked above.
+  `auto` picks by backend and shape: over a KV cache longer than one RAGGED_BLOCK, the ragged read (not on
+  CPU, where it is slower unless the scores are large); for rows without a cache, splash on TPU, cudnn on GPU where its constraints hold, and elsewhere xla while one
+  layer's scores are small (short rows), chunked above.
   """
   if choice not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention: expected one of {IMPLEMENTATIONS}, found {choice!r}")
@@ -92,14 +101,19 @@ def _resolve(choice, q_shape, kv_len, cached, dtype, backend) -> str:
   b, t, k, g, h = q_shape
   score_bytes = 4 * b * k * g * t * kv_len
   portable = "xla" if score_bytes <= AUTO_CHUNKED_SCORE_BYTES else "chunked"
+  if cached and choice != "xla":
+    # A cache holds empty slots past each row's live length; the blockwise read skips them. On CPU, XLA
+    # copies every key block it slices (bench/run.py sample: slower than one einsum over the whole cache
+    # from about a third live upwards), so there `auto` reads blocks only where the scores are too large.
+    if choice in ("splash", "cudnn"):
+      _say_once(f"{choice} has no KV-cache form here: the ragged read for cached calls")
+    long_cache = kv_len > RAGGED_BLOCK and not (choice == "auto" and backend == "cpu")
+    return "ragged" if long_cache or choice == "chunked" or portable == "chunked" else "xla"
   if choice == "auto":
-    if backend == "tpu" and not cached and t >= SPLASH_BLOCK:
+    if backend == "tpu" and t >= SPLASH_BLOCK:
       return "splash"
     if backend == "gpu" and _cudnn_problem(q_shape, dtype) is None:
       return "cudnn"
-    return portable
-  if choice == "splash" and cached:
-    _say_once(f"splash masks by index, which a KV cache's slots do not follow: {portable} for cached calls")
     return portable
   if choice == "cudnn":
     problem = "it runs on GPUs only" if backend != "gpu" else _cudnn_problem(q_shape, dtype)
@@ -127,6 +141,8 @@ def attend(q: Array, q_pos: Array, q_seg: Array, own: Source, prefix: Source | N
     return xla_attention(q, q_pos, q_seg, own, prefix)
   if impl == "chunked":
     parts = [chunked_attention(q, q_pos, q_seg, own, block_q=block_q, block_kv=block_kv)]
+  elif impl == "ragged":
+    parts = [ragged_attention(q, q_pos, q_seg, own, block_q=block_q, block_kv=block_kv)]
   elif impl == "splash":
     parts = [splash_attention(q, q_seg, own, with_lse=prefix is not None)]
   elif impl == "cudnn":
@@ -337,6 +353,60 @@ def _flash_bwd_rule(bq, bk, res, cts):
 
 
 _flash.defvjp(_flash_fwd_rule, _flash_bwd_rule)
+
+
+# -------------------------------------------------------------------------------------------------- ragged
+def ragged_attention(q: Array, q_pos: Array, q_seg: Array, src: Source, *, block_q: int = 512,
+                     block_kv: int = RAGGED_BLOCK) -> tuple[Array, Array]:
+  """Attention over a KV cache read a key block at a time, up to the block holding the batch's longest live
+  row (src.live): (out [B, T, K, G, H] in q's dtype, lse [B, K, G, T] float32). Forward only.
+
+  The loop's trip count is the only thing the batch decides: a row's blocks past its own live length hold
+  nothing it may see, and a fully masked block is an exact no-op of the online softmax (p = exp(NEG - m) = 0,
+  rescale = exp(0) = 1), so a row's result does not depend on its batch-mates. The cache is never padded
+  (that would copy it every step): when the block does not divide S the last block starts at S - block, and
+  the slots an earlier block already read are masked out of it. A long prefill's queries go block_q at a
+  time, so no more than one [B, K, G, block_q, block_kv] block of scores exists.
+  """
+  if src.live is None or src.shared:
+    raise ValueError("ragged attention: needs a per-row cache source with live lengths")
+  t = q.shape[1]
+  if t > block_q:
+    qp = _pad(q, 1, block_q, 0)
+    q_pos, q_seg = _pad(q_pos, 1, block_q, 0), _pad(q_seg, 1, block_q, -1)
+    outs, lses = jax.lax.map(lambda xs: _ragged(*xs, src, block_kv),
+                             (_q_blocks(qp, block_q), _q_blocks(q_pos, block_q), _q_blocks(q_seg, block_q)))
+    lse = jnp.moveaxis(lses, 0, 3)
+    return _q_unblock(outs)[:, :t], lse.reshape(*lse.shape[:3], -1)[..., :t]
+  return _ragged(q, q_pos, q_seg, src, block_kv)
+
+
+def _ragged(q: Array, q_pos: Array, q_seg: Array, src: Source, block_kv: int) -> tuple[Array, Array]:
+  dt = q.dtype
+  b, t, kh, g, h = q.shape
+  s = src.k.shape[2]
+  bk = min(block_kv, s)
+  n_blocks = jnp.maximum((jnp.max(src.live) + bk - 1) // bk, 1)
+  slot = jnp.arange(bk, dtype=jnp.int32)
+
+  def key_block(j, carry):
+    m, l, acc = carry
+    start = jnp.minimum(j * bk, s - bk)
+    take = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, start, bk, axis)
+    unseen = (start + slot >= j * bk)[None]  # the clamped last block: slots before j * bk are counted
+    kseg = jnp.where(unseen, take(src.seg, 1), -2)  # -2 matches no query's segment
+    s_blk = _block_scores(q, take(src.k, 2), q_pos, q_seg, take(src.pos, 1), kseg)
+    m_new = jnp.maximum(m, s_blk.max(-1))
+    rescale = jnp.exp(m - m_new)
+    p = jnp.exp(s_blk - m_new[..., None])
+    acc = acc * rescale[..., None] + jnp.einsum("bkgqs,bksh->bkgqh", p.astype(dt), take(src.v, 2),
+                                                preferred_element_type=jnp.float32)
+    return m_new, l * rescale + p.sum(-1), acc
+
+  stat = jnp.full((b, kh, g, t), NEG, jnp.float32)
+  m, l, acc = jax.lax.fori_loop(0, n_blocks, key_block,
+                                (stat, jnp.zeros_like(stat), jnp.zeros((b, kh, g, t, h), jnp.float32)))
+  return (acc / l[..., None]).transpose(0, 3, 1, 2, 4).astype(dt), m + jnp.log(l)
 
 
 # -------------------------------------------------------------------------------------------------- splash

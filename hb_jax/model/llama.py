@@ -168,6 +168,7 @@ class Attention(nnx.Module):
       # Keys/values as [B, kv_heads, S, head_dim], the cache's layout, so one einsum serves both paths.
       keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       kv_pos, kv_seg = positions, segment_ids
+      live = None
     else:
       cache_k, cache_v = cache_kv
       cache_k = write_layer_rows(cache_k, k.astype(cache_k.dtype), layer, cache_meta.index)
@@ -179,6 +180,7 @@ class Attention(nnx.Module):
         keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dt)
         values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dt)
       kv_pos, kv_seg = cache_meta.positions, cache_meta.segment_ids
+      live = cache_meta.index + x.shape[1]  # this call's tokens included
 
     b, t, n, hd = q.shape
     groups = n // keys.shape[1]
@@ -189,8 +191,8 @@ class Attention(nnx.Module):
                                 prefix_meta.segment_ids.reshape(-1))
     impl = attention.resolve(self.impl, q_shape=q.shape, kv_len=keys.shape[2], cached=cache_kv is not None,
                              dtype=dt)
-    out = attention.attend(q, positions, segment_ids, attention.Source(keys, values, kv_pos, kv_seg), prefix,
-                           impl=impl)
+    out = attention.attend(q, positions, segment_ids, attention.Source(keys, values, kv_pos, kv_seg, live),
+                           prefix, impl=impl)
     y = self.o_proj(out.reshape(b, t, n, hd), "btnh,nhd->btd")
     return y, cache_kv
 
