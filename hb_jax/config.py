@@ -426,6 +426,9 @@ class SampleConfig:
   bulk_chunk_records: int = 1024  # bulk generation plans and commits this many input records at a time
   score_batch: int = 16
   score_block: int = 128  # scoring projects to the vocabulary this many positions at a time
+  # 0: each row's KV cache is one contiguous buffer; N: a paged cache of N-slot pages handed out as rows grow
+  # (decode reads only the pages a row has filled; a refill writes straight into its pages). docs/attention.md
+  page_size: int = 0
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -434,6 +437,8 @@ class SampleConfig:
       set_("sampling", build(SamplingConfig, self.sampling, "sample.sampling"))
     if self.min_refill < 0:
       raise ConfigError(f"sample.min_refill must be >= 0, found {self.min_refill}")
+    if self.page_size < 0:
+      raise ConfigError(f"sample.page_size must be >= 0 (0: no paging), found {self.page_size}")
     for key in ("chunk_steps", "bulk_chunk_records", "score_batch", "score_block",
                 "prefix_min_tokens"):
       if getattr(self, key) <= 0:

@@ -76,13 +76,29 @@ class Source(NamedTuple):
     return self.k.ndim == 3
 
 
+class PagedSource(NamedTuple):
+  """A paged KV cache as a source (hb_jax.model.kv_cache.PagedKVCache): one layer's page pool [pages,
+  page_size, K, 2, H], the page table [B, pages_per_row], positions and segment ids per logical slot [B, S],
+  and the live lengths [B]."""
+  pages: Array
+  page_table: Array
+  pos: Array
+  seg: Array
+  live: Array
+
+  @property
+  def page_size(self) -> int:
+    return self.pages.shape[1]
+
+
 def _say_once(message: str) -> None:
   if message not in _said:
     _said.add(message)
     _log.info("attention: %s", message)
 
 
-def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: str | None = None) -> str:
+def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: str | None = None,
+            page_size: int = 0, prefix: bool = False) -> str:
   """The implementation a call runs: `choice` if it applies to this call, else the portable one, said once.
 
   `auto` picks by backend and shape: over a KV cache longer than one RAGGED_BLOCK, the ragged read (not on
@@ -92,9 +108,31 @@ def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: 
   if choice not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention: expected one of {IMPLEMENTATIONS}, found {choice!r}")
   backend = backend or target_platform()
-  impl = _resolve(choice, q_shape, kv_len, cached, dtype, backend)
-  _say_once(f"model.attention={choice} runs {impl} for {'cached' if cached else 'uncached'} calls on {backend}")
+  if page_size:
+    impl = _resolve_paged(choice, q_shape, dtype, backend, page_size, prefix)
+  else:
+    impl = _resolve(choice, q_shape, kv_len, cached, dtype, backend)
+  kind = "paged-cache" if page_size else "cached" if cached else "uncached"
+  _say_once(f"model.attention={choice} runs {impl} for {kind} calls on {backend}")
   return impl
+
+
+def _resolve_paged(choice, q_shape, dtype, backend, page_size, prefix) -> str:
+  """A decode step over a paged cache: `xla` gathers every page (the reference); on TPU the ragged paged
+  kernel where its limits hold and no shared prefix needs merging (it returns no log-sum-exp); else the
+  portable page-by-page read."""
+  from hb_jax.model import ragged_tpu
+
+  if choice == "xla":
+    return "xla"
+  if backend == "tpu" and choice in ("auto", "splash"):
+    b, t, k, g, h = q_shape
+    problem = "one query per row only" if t != 1 else "a shared prefix to merge" if prefix else \
+        ragged_tpu.shape_problem(k * g, k, h, page_size, dtype)
+    if problem is None:
+      return "paged_tpu"
+    _say_once(f"ragged_paged_attention does not apply ({problem}): the portable paged read")
+  return "ragged"
 
 
 def _resolve(choice, q_shape, kv_len, cached, dtype, backend) -> str:
@@ -132,11 +170,16 @@ def _cudnn_problem(q_shape, dtype) -> str | None:
   return None
 
 
-def attend(q: Array, q_pos: Array, q_seg: Array, own: Source, prefix: Source | None = None, *,
+def attend(q: Array, q_pos: Array, q_seg: Array, own: "Source | PagedSource", prefix: Source | None = None, *,
            impl: str = "xla", block_q: int = 512, block_kv: int = 512) -> Array:
   """Attention of grouped, scaled queries q [B, T, K, G, H] (at positions / segment ids q_pos, q_seg [B, T])
-  over the `own` source and a shared `prefix`: [B, T, K, G, H] in q's dtype. `impl` is an implementation
-  that applies to the call (`resolve`); block sizes are chunked's."""
+  over the `own` source (a paged cache too) and a shared `prefix`: [B, T, K, G, H] in q's dtype. `impl` is an
+  implementation that applies to the call (`resolve`); block sizes are chunked's."""
+  if isinstance(own, PagedSource):
+    if impl == "paged_tpu":
+      return paged_tpu_attention(q, own)
+    if impl == "xla":
+      own = gathered(own, q.dtype)
   if impl == "xla":
     return xla_attention(q, q_pos, q_seg, own, prefix)
   if impl == "chunked":
@@ -356,19 +399,20 @@ _flash.defvjp(_flash_fwd_rule, _flash_bwd_rule)
 
 
 # -------------------------------------------------------------------------------------------------- ragged
-def ragged_attention(q: Array, q_pos: Array, q_seg: Array, src: Source, *, block_q: int = 512,
+def ragged_attention(q: Array, q_pos: Array, q_seg: Array, src: "Source | PagedSource", *, block_q: int = 512,
                      block_kv: int = RAGGED_BLOCK) -> tuple[Array, Array]:
   """Attention over a KV cache read a key block at a time, up to the block holding the batch's longest live
   row (src.live): (out [B, T, K, G, H] in q's dtype, lse [B, K, G, T] float32). Forward only.
 
   The loop's trip count is the only thing the batch decides: a row's blocks past its own live length hold
   nothing it may see, and a fully masked block is an exact no-op of the online softmax (p = exp(NEG - m) = 0,
-  rescale = exp(0) = 1), so a row's result does not depend on its batch-mates. The cache is never padded
-  (that would copy it every step): when the block does not divide S the last block starts at S - block, and
-  the slots an earlier block already read are masked out of it. A long prefill's queries go block_q at a
-  time, so no more than one [B, K, G, block_q, block_kv] block of scores exists.
+  rescale = exp(0) = 1), so a row's result does not depend on its batch-mates. A contiguous cache is never
+  padded (that would copy it every step): when the block does not divide S the last block starts at
+  S - block, and the slots an earlier block already read are masked out of it. A paged cache's blocks are
+  its pages, gathered through the page table. A long prefill's queries go block_q at a time, so no more than
+  one [B, K, G, block_q, block] block of scores exists.
   """
-  if src.live is None or src.shared:
+  if src.live is None or (isinstance(src, Source) and src.shared):
     raise ValueError("ragged attention: needs a per-row cache source with live lengths")
   t = q.shape[1]
   if t > block_q:
@@ -381,11 +425,12 @@ def ragged_attention(q: Array, q_pos: Array, q_seg: Array, src: Source, *, block
   return _ragged(q, q_pos, q_seg, src, block_kv)
 
 
-def _ragged(q: Array, q_pos: Array, q_seg: Array, src: Source, block_kv: int) -> tuple[Array, Array]:
+def _ragged(q: Array, q_pos: Array, q_seg: Array, src: "Source | PagedSource", block_kv: int
+            ) -> tuple[Array, Array]:
   dt = q.dtype
   b, t, kh, g, h = q.shape
-  s = src.k.shape[2]
-  bk = min(block_kv, s)
+  s = src.pos.shape[1]
+  bk = src.page_size if isinstance(src, PagedSource) else min(block_kv, s)
   n_blocks = jnp.maximum((jnp.max(src.live) + bk - 1) // bk, 1)
   slot = jnp.arange(bk, dtype=jnp.int32)
 
@@ -395,11 +440,16 @@ def _ragged(q: Array, q_pos: Array, q_seg: Array, src: Source, block_kv: int) ->
     take = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, start, bk, axis)
     unseen = (start + slot >= j * bk)[None]  # the clamped last block: slots before j * bk are counted
     kseg = jnp.where(unseen, take(src.seg, 1), -2)  # -2 matches no query's segment
-    s_blk = _block_scores(q, take(src.k, 2), q_pos, q_seg, take(src.pos, 1), kseg)
+    if isinstance(src, PagedSource):
+      kv = jnp.take(src.pages, src.page_table[:, j], axis=0, mode="clip")  # [B, page, K, 2, H]
+      kj, vj = kv[..., 0, :].transpose(0, 2, 1, 3), kv[..., 1, :].transpose(0, 2, 1, 3)
+    else:
+      kj, vj = take(src.k, 2), take(src.v, 2)
+    s_blk = _block_scores(q, kj.astype(dt), q_pos, q_seg, take(src.pos, 1), kseg)
     m_new = jnp.maximum(m, s_blk.max(-1))
     rescale = jnp.exp(m - m_new)
     p = jnp.exp(s_blk - m_new[..., None])
-    acc = acc * rescale[..., None] + jnp.einsum("bkgqs,bksh->bkgqh", p.astype(dt), take(src.v, 2),
+    acc = acc * rescale[..., None] + jnp.einsum("bkgqs,bksh->bkgqh", p.astype(dt), vj.astype(dt),
                                                 preferred_element_type=jnp.float32)
     return m_new, l * rescale + p.sum(-1), acc
 
@@ -407,6 +457,34 @@ def _ragged(q: Array, q_pos: Array, q_seg: Array, src: Source, block_kv: int) ->
   m, l, acc = jax.lax.fori_loop(0, n_blocks, key_block,
                                 (stat, jnp.zeros_like(stat), jnp.zeros((b, kh, g, t, h), jnp.float32)))
   return (acc / l[..., None]).transpose(0, 3, 1, 2, 4).astype(dt), m + jnp.log(l)
+
+
+def gathered(src: PagedSource, dtype) -> Source:
+  """The paged cache as a contiguous one ([B, K, slots, H], every page of every row copied): `xla`'s read."""
+  kv = jnp.take(src.pages, src.page_table, axis=0, mode="clip")  # [B, n, page, K, 2, H]
+  b, n, ps, kh, _, h = kv.shape
+  kv = kv.reshape(b, n * ps, kh, 2, h).transpose(3, 0, 2, 1, 4).astype(dtype)
+  return Source(kv[0], kv[1], src.pos, src.seg, src.live)
+
+
+def paged_tpu_attention(q: Array, src: PagedSource) -> Array:
+  """ragged_paged_attention (hb_jax.model.ragged_tpu) for one new token per row: [B, 1, K, G, H]. The table
+  holds global page ids; under a batch-sharded mesh each shard's rows hold pages of its own share of the pool
+  (PageTable), which the kernel reads by their ids within that share."""
+  from hb_jax.model import ragged_tpu
+
+  b, t, kh, g, h = q.shape
+  num_pages = src.pages.shape[0]
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1
+  if not mesh.empty:
+    row = logical_to_spec(("batch",), (b,), TRAIN_RULES, dict(zip(mesh.axis_names, mesh.axis_sizes)))[0]
+    axes = () if row is None else (row,) if isinstance(row, str) else tuple(row)
+    shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes)
+  local = src.page_table - (jnp.arange(b, dtype=jnp.int32) // (b // shards))[:, None] * (num_pages // shards)
+  pool = src.pages.reshape(num_pages, src.page_size, 2 * kh, h).astype(q.dtype)
+  out = ragged_tpu.decode_attention(q.reshape(b, kh * g, h), pool, src.live, local)
+  return out.reshape(b, 1, kh, g, h)
 
 
 # -------------------------------------------------------------------------------------------------- splash

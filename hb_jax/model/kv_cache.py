@@ -4,6 +4,15 @@ Rows advance independently (`index[b]` is row b's next free slot), so a left-pad
 with new prompts mid-decode, and a shared prefix all use the same masking rule as training: a query sees a
 slot iff the slot holds its segment and a position not after its own (see hb_jax.model.attention). Empty
 slots carry segment id 0, which no real token has, so they are never attended to.
+
+Two layouts of the keys and values, one bookkeeping (positions, segment ids, index per logical slot):
+  KVCache       each row owns `slots` contiguous slots per layer ([B, kv_heads, slots, head_dim]).
+  PagedKVCache  one pool of fixed-size pages per layer ([pages, page_size, kv_heads, 2, head_dim], K and V
+                of a head side by side: ragged_paged_attention's interleaved layout after a free reshape),
+                and a page table: row b's slot i is slot i % page_size of page page_table[b, i // page_size].
+                The host hands pages out as rows grow and takes them back when a row finishes
+                (hb_jax.sample.scheduler.PageTable), so a refill writes straight into its pages and moving a
+                row to another batch position moves one row of the table, not its keys and values.
 """
 from __future__ import annotations
 
@@ -17,6 +26,9 @@ Array = jax.Array
 # (hb_jax.parallel maps them to mesh axes: heads split like the k/v projections, rows like the batch).
 LAYER_KV_AXES = ("batch", "kv_heads", None, "head_dim")
 SLOT_AXES = ("batch", None)
+# A page pool's pages are split over the batch axes like the rows (each batch shard's rows get pages from
+# its own share, PageTable), heads over 'tensor' like the k/v projections.
+POOL_AXES = ("batch", None, "kv_heads", None, "head_dim")
 
 
 @struct.dataclass
@@ -83,6 +95,58 @@ class KVCache:
 
   def moved(self, steps: int | Array) -> "KVCache":
     return self.replace(index=self.index + steps)
+
+
+@struct.dataclass
+class PagedKVCache:
+  pages: tuple[Array, ...]  # per layer [num_pages, page_size, kv_heads, 2, head_dim]: (K, V) of each head
+  page_table: Array  # int32 [batch, pages_per_row]; num_pages (out of range) where no page is assigned
+  positions: Array  # int32 [batch, slots], slots = pages_per_row * page_size, as KVCache's
+  segment_ids: Array  # int32 [batch, slots]
+  index: Array  # int32 [batch]
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, slots: int, num_kv_heads: int, head_dim: int, page_size: int,
+            num_pages: int, dtype=jnp.float32) -> "PagedKVCache":
+    per_row = -(-slots // page_size)
+    shape = (num_pages, page_size, num_kv_heads, 2, head_dim)
+    return cls(pages=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+               page_table=jnp.full((batch, per_row), num_pages, jnp.int32),
+               positions=jnp.zeros((batch, per_row * page_size), jnp.int32),
+               segment_ids=jnp.zeros((batch, per_row * page_size), jnp.int32),
+               index=jnp.zeros((batch,), jnp.int32))
+
+  slots = KVCache.slots
+  advance = KVCache.advance
+  moved = KVCache.moved
+  per_layer = True
+
+  @property
+  def page_size(self) -> int:
+    return self.pages[0].shape[1]
+
+  def logical_axes(self) -> "PagedKVCache":
+    return PagedKVCache(pages=tuple(POOL_AXES for _ in self.pages), page_table=SLOT_AXES, positions=SLOT_AXES,
+                        segment_ids=SLOT_AXES, index=("batch",))
+
+  def map_kv(self, fn) -> "PagedKVCache":
+    """Row gathers (compaction) move the page table's rows; the pages stay where they are."""
+    return self.replace(page_table=fn(self.page_table))
+
+
+def write_pages(pages: Array, k: Array, v: Array, page_table: Array, index: Array) -> Array:
+  """pages with the T new tokens' k, v [B, T, K, H] of row b written at its slots index[b] .. index[b]+T-1 (page
+  page_table[b, slot // page_size], offset slot % page_size), as one scatter. Rows whose page is unassigned
+  (the table's out-of-range id: finished, released or padding rows) are dropped, so they never touch a page
+  another row owns."""
+  b, t = k.shape[:2]
+  page_size = pages.shape[1]
+  slots_bt = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+  col_bt = jnp.minimum(slots_bt // page_size, page_table.shape[1] - 1)
+  page_bt = jnp.where(slots_bt // page_size < page_table.shape[1],
+                      jnp.take_along_axis(page_table, col_bt, axis=1), pages.shape[0])
+  kv = jnp.stack([k, v], axis=3).astype(pages.dtype)  # [B, T, K, 2, H]
+  return pages.at[page_bt, slots_bt % page_size].set(kv, mode="drop")
 
 
 def write_rows(buffer: Array, update: Array, index: Array) -> Array:

@@ -33,7 +33,7 @@ from flax import nnx
 
 from hb_jax.config import ModelConfig
 from hb_jax.model import attention
-from hb_jax.model.kv_cache import KVCache, write_layer_rows
+from hb_jax.model.kv_cache import KVCache, PagedKVCache, write_layer_rows, write_pages
 from hb_jax.parallel import constrain, target_platform
 
 Array = jax.Array
@@ -53,6 +53,16 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
   [batch, kv_heads, slots, head_dim], in the compute dtype unless `dtype` says otherwise."""
   return KVCache.zeros(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim,
                        compute_dtype(cfg) if dtype is None else dtype, per_layer=True)
+
+
+def init_paged_cache(cfg: ModelConfig, batch: int, slots: int, page_size: int, num_pages: int | None = None,
+                     dtype=None) -> PagedKVCache:
+  """An empty paged KV cache: one pool of `num_pages` pages of `page_size` slots per layer (default: every
+  row's `slots`, the worst case), no page assigned to any row yet (hb_jax.sample.scheduler.PageTable)."""
+  per_row = -(-slots // page_size)
+  return PagedKVCache.zeros(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim, page_size,
+                            batch * per_row if num_pages is None else num_pages,
+                            compute_dtype(cfg) if dtype is None else dtype)
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, *, fan_in: int | None = None, init: str = "normal"):
@@ -155,7 +165,9 @@ class Attention(nnx.Module):
                prefix_kv: tuple[Array, Array] | None = None, prefix_meta: KVCache | None = None):
     """cache_kv: the whole stacked (k, v) cache [layers, B, kv_heads, S, head_dim] (or None); this layer
     writes its rows at [layer, b, :, index[b]:index[b]+T] and attends over its own slice. With layer None,
-    cache_kv is this layer's own (k, v) [B, kv_heads, S, head_dim] (the unrolled loop).
+    cache_kv is this layer's own (k, v) [B, kv_heads, S, head_dim] (the unrolled loop). With a PagedKVCache
+    as cache_meta, cache_kv is this layer's (pages,): the T new tokens go to the rows' pages; one token per row
+    (decode) then reads the row's pages, several (a prefill, into rows that start empty) their own keys.
     prefix_kv: this layer's shared-prefix (k, v) [kv_heads, P, head_dim], attended by every row."""
     dt = x.dtype
     q = self.q_proj(x, "btd,dnh->btnh")
@@ -164,11 +176,23 @@ class Attention(nnx.Module):
     q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
     k = apply_rope(k, positions, inv_freq)
 
-    if cache_kv is None:
+    b, t, n, hd = q.shape
+    page_size = 0
+    if isinstance(cache_meta, PagedKVCache):
+      pages = write_pages(cache_kv[0], k, v, cache_meta.page_table, cache_meta.index)
+      cache_kv = (pages,)
+    if cache_kv is None or (isinstance(cache_meta, PagedKVCache) and t > 1):
       # Keys/values as [B, kv_heads, S, head_dim], the cache's layout, so one einsum serves both paths.
+      # A paged cache's prefill (hb_jax.sample.programs.refill) fills rows that start empty: its queries see
+      # their own keys (and a prefix), what the rows' pages now hold.
       keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       kv_pos, kv_seg = positions, segment_ids
       live = None
+    elif isinstance(cache_meta, PagedKVCache):
+      page_size = cache_meta.page_size
+      live = cache_meta.index + t
+      own = attention.PagedSource(cache_kv[0], cache_meta.page_table, cache_meta.positions,
+                                  cache_meta.segment_ids, live)
     else:
       cache_k, cache_v = cache_kv
       cache_k = write_layer_rows(cache_k, k.astype(cache_k.dtype), layer, cache_meta.index)
@@ -182,17 +206,17 @@ class Attention(nnx.Module):
       kv_pos, kv_seg = cache_meta.positions, cache_meta.segment_ids
       live = cache_meta.index + x.shape[1]  # this call's tokens included
 
-    b, t, n, hd = q.shape
-    groups = n // keys.shape[1]
-    q = q.reshape(b, t, keys.shape[1], groups, hd) / jnp.asarray(math.sqrt(hd), dt)
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, hd) / jnp.asarray(math.sqrt(hd), dt)
     prefix = None
     if prefix_kv is not None:
       prefix = attention.Source(*(a.astype(dt) for a in prefix_kv), prefix_meta.positions.reshape(-1),
                                 prefix_meta.segment_ids.reshape(-1))
-    impl = attention.resolve(self.impl, q_shape=q.shape, kv_len=keys.shape[2], cached=cache_kv is not None,
-                             dtype=dt)
-    out = attention.attend(q, positions, segment_ids, attention.Source(keys, values, kv_pos, kv_seg, live),
-                           prefix, impl=impl)
+    if not page_size:
+      own = attention.Source(keys, values, kv_pos, kv_seg, live)
+    impl = attention.resolve(self.impl, q_shape=q.shape, kv_len=own.pos.shape[-1], dtype=dt,
+                             cached=live is not None, page_size=page_size, prefix=prefix is not None)
+    out = attention.attend(q, positions, segment_ids, own, prefix, impl=impl)
     y = self.o_proj(out.reshape(b, t, n, hd), "btnh,nhd->btd")
     return y, cache_kv
 
@@ -351,7 +375,10 @@ class Llama(nnx.Module):
     h = self.norm(x)
     new_cache = None
     if cache is not None:
-      new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
+      if isinstance(cache, PagedKVCache):
+        new_cache = cache_meta.replace(pages=cache_kv[0]).moved(t)
+      else:
+        new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
     return h, new_cache
 
   def layer_blocks(self) -> list[DecoderLayer]:
@@ -362,16 +389,16 @@ class Llama(nnx.Module):
   def _unrolled(self, blocks, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys):
     # A prefix's layer i is prefix.k[i] in either layout; the sampler passes it per layer (unstacked once),
     # since slicing a stacked prefix here would copy it at every decode step.
-    ks, vs = [], []
+    layers_kv = []
     for i, block in enumerate(blocks):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
+      kv = None
+      if cache is not None:
+        kv = (cache.pages[i],) if isinstance(cache, PagedKVCache) else (cache.k[i], cache.v[i])
       pre = None if prefix is None else (prefix.k[i][0], prefix.v[i][0])
       key = None if layer_keys is None else layer_keys[i]
       x, kv = block(x, positions, segment_ids, inv_freq, kv, None, cache_meta, key, pre, prefix)
-      if kv is not None:
-        ks.append(kv[0])
-        vs.append(kv[1])
-    return x, (None if cache is None else (tuple(ks), tuple(vs)))
+      layers_kv.append(kv)
+    return x, (None if cache is None else tuple(zip(*layers_kv)))  # (ks, vs), or (pages,)
 
   def _scanned(self, x, positions, segment_ids, inv_freq, cache, cache_meta, prefix, layer_keys):
     cfg = self.cfg

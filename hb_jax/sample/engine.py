@@ -28,6 +28,7 @@ class Engine:
                rules: Rules = SERVE_RULES, params=None):
     self.cfg = model.cfg
     self.config = config
+    self.rules = rules
     self.mesh = mesh or single_device_mesh()
     self.graphdef, state = nnx.split(model)
     if params is None:

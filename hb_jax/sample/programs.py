@@ -42,8 +42,8 @@ import numpy as np
 from flax import nnx, struct
 
 from hb_jax.config import ModelConfig
-from hb_jax.model.kv_cache import KVCache
-from hb_jax.model.llama import init_cache
+from hb_jax.model.kv_cache import KVCache, PagedKVCache
+from hb_jax.model.llama import init_cache, init_paged_cache
 from hb_jax.parallel import SERVE_RULES, constrain, constrain_cache
 from hb_jax.sample import plan
 from hb_jax.sample.sampling import Sampling, row_keys_from_seeds, select_tokens
@@ -147,13 +147,15 @@ def finish_codes(tok_b: Array, out_bm: Array, num_gen_b: Array, rule: StopRule, 
 
 
 # --------------------------------------------------------------------------------------------- generation
-@functools.partial(jax.jit, static_argnames=("cfg", "batch", "slots", "max_new"))
-def init_state(cfg: ModelConfig, batch: int, slots: int, max_new: int) -> DecodeState:
-  """An empty DecodeState: every row done, its cache empty (segment 0 everywhere)."""
+@functools.partial(jax.jit, static_argnames=("cfg", "batch", "slots", "max_new", "page_size"))
+def init_state(cfg: ModelConfig, batch: int, slots: int, max_new: int, page_size: int = 0) -> DecodeState:
+  """An empty DecodeState: every row done, its cache empty (segment 0 everywhere). page_size > 0: a paged
+  cache whose pool holds every row's worst case (batch x slots / page_size pages), no page assigned."""
   _traced("empty")
   zeros_b = jnp.zeros((batch,), jnp.int32)
+  cache = init_paged_cache(cfg, batch, slots, page_size) if page_size else init_cache(cfg, batch, slots)
   return _constrain_state(DecodeState(
-      cache=init_cache(cfg, batch, slots), tokens=zeros_b, positions=zeros_b, num_generated=zeros_b,
+      cache=cache, tokens=zeros_b, positions=zeros_b, num_generated=zeros_b,
       done=jnp.ones((batch,), bool), finish=zeros_b, keys=jnp.zeros((batch, 2), jnp.uint32),
       out_tokens=jnp.zeros((batch, max_new), jnp.int32), out_logprobs=jnp.zeros((batch, max_new), jnp.float32)))
 
@@ -171,17 +173,25 @@ def prefill_prefix(graphdef: nnx.GraphDef, params, tokens_1p: Array, positions_1
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
 def refill(graphdef: nnx.GraphDef, params, state: DecodeState, rule: StopRule, prefix: KVCache | None,
-           tokens_rt: Array, positions_rt: Array, segments_rt: Array, seeds_r2: Array, rows_r: Array, *,
-           spec: DecodeSpec) -> DecodeState:
+           tokens_rt: Array, positions_rt: Array, segments_rt: Array, seeds_r2: Array, rows_r: Array,
+           table_rn: Array | None = None, *, spec: DecodeSpec) -> DecodeState:
   """Prefills R left-padded prompts into rows `rows_r` of `state` (row index B = padding, dropped) and samples
   each row's first token. The rows attend to the shared prefix KV, if any. seeds_r2: uint32 (a, b) per row,
-  its key fold_in(PRNGKey(a), b)."""
+  its key fold_in(PRNGKey(a), b). A paged cache: table_rn holds the pages each row got (PageTable), and the
+  prompts' keys and values are written straight into them (a contiguous cache is prefilled as R fresh rows,
+  then copied into the state's)."""
   _traced("refill")
   model = nnx.merge(graphdef, params)
   r = tokens_rt.shape[0]
   slots = state.cache.slots
-  h_rtd, cache = model(tokens_rt, positions_rt, segments_rt, cache=init_cache(model.cfg, r, slots),
-                       prefix=prefix, return_hidden=True)
+  c = state.cache
+  put = lambda dst, src: dst.at[rows_r].set(src, mode="drop")
+  if isinstance(c, PagedKVCache):
+    zeros_rs = jnp.zeros((r, slots), jnp.int32)
+    fresh = c.replace(page_table=table_rn, positions=zeros_rs, segment_ids=zeros_rs, index=jnp.zeros((r,), jnp.int32))
+  else:
+    fresh = init_cache(model.cfg, r, slots)
+  h_rtd, cache = model(tokens_rt, positions_rt, segments_rt, cache=fresh, prefix=prefix, return_hidden=True)
   logits_rv = model.project(h_rtd[:, -1:])[:, 0]  # left padding: every row's last token is at T-1
   keys_r2 = row_keys_from_seeds(seeds_r2)
   tok_r, lp_r = select_tokens(logits_rv, keys_r2, jnp.zeros((r,), jnp.int32), spec.sampling)
@@ -190,11 +200,12 @@ def refill(graphdef: nnx.GraphDef, params, state: DecodeState, rule: StopRule, p
   num_gen_r = jnp.ones((r,), jnp.int32)
   finish_r = finish_codes(tok_r, out_rm, num_gen_r, rule, spec.max_new_tokens)
 
-  put = lambda dst, src: dst.at[rows_r].set(src, mode="drop")
-  c = state.cache
-  new_cache = c.replace(k=tuple(map(put, c.k, cache.k)), v=tuple(map(put, c.v, cache.v)),
-                        positions=put(c.positions, cache.positions),
-                        segment_ids=put(c.segment_ids, cache.segment_ids), index=put(c.index, cache.index))
+  rows_meta = dict(positions=put(c.positions, cache.positions), segment_ids=put(c.segment_ids, cache.segment_ids),
+                   index=put(c.index, cache.index))
+  if isinstance(c, PagedKVCache):
+    new_cache = c.replace(pages=cache.pages, page_table=put(c.page_table, table_rn), **rows_meta)
+  else:
+    new_cache = c.replace(k=tuple(map(put, c.k, cache.k)), v=tuple(map(put, c.v, cache.v)), **rows_meta)
   new = state.replace(
       cache=new_cache, tokens=put(state.tokens, tok_r),
       positions=put(state.positions, positions_rt[:, -1] + 1), num_generated=put(state.num_generated, num_gen_r),
@@ -206,11 +217,16 @@ def refill(graphdef: nnx.GraphDef, params, state: DecodeState, rule: StopRule, p
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
 def decode(graphdef: nnx.GraphDef, params, state: DecodeState, rule: StopRule, prefix: KVCache | None,
-           release_b: Array, free_target: Array, *, spec: DecodeSpec) -> tuple[DecodeState, Array]:
+           release_b: Array, free_target: Array, table_bn: Array | None = None, *, spec: DecodeSpec
+           ) -> tuple[DecodeState, Array]:
   """Releases rows `release_b` (finish 'stop', as a stop string the host found), then decodes until every
-  row is done, `free_target` more rows are done, or spec.chunk_steps steps. Returns (state, steps)."""
+  row is done, `free_target` more rows are done, or spec.chunk_steps steps. Returns (state, steps). A paged
+  cache reads and writes the pages of table_bn (PageTable: enough for chunk_steps more tokens per running
+  row; none for a row the host has freed, whose writes are then dropped)."""
   _traced("decode")
   model = nnx.merge(graphdef, params)
+  if table_bn is not None:
+    state = state.replace(cache=state.cache.replace(page_table=table_bn))
   blocks = model.layer_blocks()  # the per-layer weights, sliced here once, not at every step
   state = state.replace(finish=jnp.where(release_b & ~state.done, FINISH_RELEASED, state.finish),
                         done=state.done | release_b)
@@ -248,7 +264,8 @@ def decode(graphdef: nnx.GraphDef, params, state: DecodeState, rule: StopRule, p
 @jax.jit
 def compact(state: DecodeState, rows_c: Array, keep_c: Array) -> DecodeState:
   """The rows `rows_c` of state as a smaller batch C; rows with keep_c False become empty (done).
-  A row's sample depends only on its own key and step count, so moving it changes nothing."""
+  A row's sample depends only on its own key and step count, so moving it changes nothing. A paged cache's
+  pages stay where they are: only the page table's rows move."""
   _traced("compact")
   take = lambda a: a[rows_c]
   c = state.cache

@@ -10,6 +10,7 @@ fold_in(row key, t), so its sample never depends on its batch-mates, refills, or
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -20,12 +21,12 @@ from jax.sharding import Mesh
 from hb_jax.config import SampleConfig
 from hb_jax.model.kv_cache import KVCache
 from hb_jax.model.llama import Llama
-from hb_jax.parallel import SERVE_RULES, Rules
+from hb_jax.parallel import SERVE_RULES, Rules, logical_to_spec
 from hb_jax.sample import plan, programs
 from hb_jax.sample.engine import Engine
 from hb_jax.sample.programs import DecodeSpec, RUNNING, StopRule
 from hb_jax.sample.sampling import Sampling
-from hb_jax.sample.scheduler import Completion, RowScheduler, StopRules, check_token_ids, pack_rows
+from hb_jax.sample.scheduler import Completion, PageTable, RowScheduler, StopRules, check_token_ids, pack_rows
 
 __all__ = ["Completion", "Sampler"]
 
@@ -93,6 +94,12 @@ class Sampler(Engine):
     for group in plan.group_by_length([len(s) for s in suffixes], cfg.length_buckets):
       yield from self._run_group(group, suffixes, seeds, spec, rule, stops, prefix_cache, p_len)
 
+  def _row_shards(self, batch: int) -> int:
+    """How many batch shards of the mesh a batch of `batch` rows is split over (logical_to_spec's rule)."""
+    spec = logical_to_spec(("batch",), (batch,), self.rules, dict(self.mesh.shape))[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return math.prod(self.mesh.shape[a] for a in axes)
+
   def generate(self, prompts, **kwargs) -> list[Completion]:
     """Completions in prompt order (see `stream` for the arguments)."""
     out: list[Completion | None] = [None] * len(prompts)
@@ -103,8 +110,14 @@ class Sampler(Engine):
   def _run_group(self, group: plan.Group, suffixes, seeds, spec: DecodeSpec, rule: StopRule, stops: StopRules,
                  prefix_cache: KVCache | None, p_len: int) -> Iterator[tuple[int, Completion]]:
     """One length bucket: the scheduler says what to run, the programs run it."""
-    rows = RowScheduler(group.indices, self.config.max_batch, self.config.refill_min)
+    page_size = self.config.page_size
+    batch = plan.bucket_batch(len(group.indices), self.config.max_batch)
+    shards = self._row_shards(batch)
+    # Paged rows split over batch shards keep their shard's pages, so they are never compacted.
+    rows = RowScheduler(group.indices, self.config.max_batch, self.config.refill_min,
+                        compact=not page_size or shards == 1)
     slots = group.length + spec.max_new_tokens
+    pages = PageTable(rows.batch, slots, page_size, shards) if page_size else None
 
     def refill(state):
       todo = rows.next_refill()
@@ -115,21 +128,36 @@ class Sampler(Engine):
       self.stats["prefill_tokens"] += sum(len(suffixes[q]) for q in todo.requests)
       seeds_r = np.zeros((len(todo.rows), 2), np.uint32)
       seeds_r[:len(todo.requests)] = seeds[todo.requests]
+      table = None
+      if pages is not None:
+        for row in todo.rows[:len(todo.requests)]:
+          pages.grow(row, group.length)
+        table = jnp.asarray(pages.rows(todo.rows))
       return self.run(programs.refill, self.graphdef, self.params, state, rule, prefix_cache,
-                      *map(jnp.asarray, (*arrays, seeds_r, todo.rows)), spec=spec)
+                      *map(jnp.asarray, (*arrays, seeds_r, todo.rows)), table, spec=spec)
+
+    def decode_table(done, num_gen):
+      """The page table for the next decode call: every running row can write its next chunk_steps tokens
+      (the token fed at a step goes to slot bucket + num_generated - 1)."""
+      if pages is None:
+        return None
+      for row in np.nonzero((rows.row_req >= 0) & ~done)[0]:
+        pages.grow(row, group.length + int(num_gen[row]) - 1 + spec.chunk_steps)
+      return jnp.asarray(pages.table)
 
     def finish_states(state):
       return jax.device_get((state.done, state.num_generated, state.finish))
 
     with jax.set_mesh(self.mesh):
-      state = refill(self.run(programs.init_state, self.cfg, rows.batch, slots, spec.max_new_tokens))
+      state = refill(self.run(programs.init_state, self.cfg, rows.batch, slots, spec.max_new_tokens, page_size))
       while rows.busy:
         # Reading `done` right after a refill catches rows finished by their first token.
         done, num_gen, finish = finish_states(state)
         target = rows.decode_target(done)
         if target is not None:
           state, steps = self.run(programs.decode, self.graphdef, self.params, state, rule, prefix_cache,
-                                  jnp.asarray(rows.take_release()), jnp.int32(target), spec=spec)
+                                  jnp.asarray(rows.take_release()), jnp.int32(target), decode_table(done, num_gen),
+                                  spec=spec)
           steps = int(steps)
           self.stats["decode_steps"] += steps
           self.stats["decode_slots"] += steps * rows.batch
@@ -144,8 +172,12 @@ class Sampler(Engine):
               continue  # still running, no stop string yet
             self.stats["generated_tokens"] += int(num_gen[b])
             self.stats["useful_decode_tokens"] += max(0, comp.num_decoded - 1)
+            if pages is not None:
+              pages.release(b)
             yield rows.hand_out(b, still_running=not done[b]), comp
         state = refill(state)
         shrink = rows.compaction()
         if shrink is not None:
+          if pages is not None:
+            pages.compacted(*shrink)
           state = self.run(programs.compact, state, *map(jnp.asarray, (shrink[0].astype(np.int32), shrink[1])))

@@ -10,6 +10,7 @@ Sampler and the Scorer alike:
   RowScheduler     the sampler's queue over one length bucket ("continuous batching"): refills of freed rows,
                    how far each decode call may run, which rows to read back and release, the tail compaction
   StopRules        a finished row's Completion: EOS and token stop sequences removed, stop strings cut
+  PageTable        a paged KV cache's pages: handed to rows as they grow, taken back when they finish
 
 The sampler's loop per length bucket:
   fill all rows (one prefill) -> decode until `refill_min` rows finish (or `chunk_steps`) -> hand out the
@@ -145,8 +146,9 @@ class RowScheduler:
   and reports the rows' finish states back; every answer here depends only on those and the queue.
   """
 
-  def __init__(self, requests: Sequence[int], max_batch: int, refill_min: int):
+  def __init__(self, requests: Sequence[int], max_batch: int, refill_min: int, *, compact: bool = True):
     self.batch = plan.bucket_batch(len(requests), max_batch)
+    self.compact = compact
     self.refill_floor = min(refill_min, self.batch)
     self.queue = collections.deque(requests)
     self.row_req = np.full(self.batch, -1)
@@ -208,7 +210,7 @@ class RowScheduler:
   def compaction(self) -> tuple[np.ndarray, np.ndarray] | None:
     """Once the queue is dry and at most half the rows are live: (rows to gather, keep) for the smallest batch
     bucket that holds the live rows, with this table moved to that batch (None: stay)."""
-    if self.queue or self.batch == 1:
+    if self.queue or self.batch == 1 or not self.compact:
       return None
     live = np.nonzero(self.row_req >= 0)[0]
     small = plan.bucket_batch(len(live), self.batch)
@@ -218,3 +220,57 @@ class RowScheduler:
     keep = np.arange(small) < len(live)
     self.row_req, self.release, self.batch = np.where(keep, self.row_req[sel], -1), self.release[sel] & keep, small
     return sel, keep
+
+
+class PageTable:
+  """Which pages of a paged KV cache's pool (hb_jax.model.kv_cache.PagedKVCache) each device row holds.
+
+  A row gets pages as it grows (`grow`: its prompt at a refill, then enough for the next decode call) and
+  gives them all back when it is handed out (`release`), so a refill reuses them with no copy. The pool holds
+  every row's worst case (batch x pages_per_row), so a row never waits for a page. With the rows split over
+  `shards` batch shards of a mesh, each shard's rows take pages from that shard's share of the pool, which
+  the device's per-shard kernels (ragged_paged_attention) read by their ids within the share; such rows
+  never move to another shard (the scheduler does not compact them). The out-of-range id num_pages marks
+  "no page": the device drops writes to it.
+  """
+
+  def __init__(self, batch: int, slots: int, page_size: int, shards: int = 1):
+    if batch % shards:
+      raise ValueError(f"PageTable: {batch} rows do not split over {shards} shards")
+    self.page_size = page_size
+    self.per_row = -(-slots // page_size)
+    self.num_pages = batch * self.per_row
+    self.rows_per_shard = batch // shards
+    share = self.num_pages // shards
+    self.free = [collections.deque(range(s * share, (s + 1) * share)) for s in range(shards)]
+    self.table = np.full((batch, self.per_row), self.num_pages, np.int32)
+    self.held = np.zeros(batch, np.int64)
+
+  def grow(self, row: int, slots: int) -> None:
+    """Row `row` holds pages for its first `slots` slots (at most pages_per_row)."""
+    need = min(-(-slots // self.page_size), self.per_row)
+    free = self.free[row // self.rows_per_shard]
+    while self.held[row] < need:
+      self.table[row, self.held[row]] = free.popleft()
+      self.held[row] += 1
+
+  def release(self, row: int) -> None:
+    free = self.free[row // self.rows_per_shard]
+    free.extend(int(p) for p in self.table[row, :self.held[row]])
+    self.table[row] = self.num_pages
+    self.held[row] = 0
+
+  def rows(self, rows: np.ndarray) -> np.ndarray:
+    """The table's rows `rows` (an out-of-range row, a refill's padding, gets no pages)."""
+    out = np.full((len(rows), self.per_row), self.num_pages, np.int32)
+    real = rows < len(self.table)
+    out[real] = self.table[rows[real]]
+    return out
+
+  def compacted(self, sel: np.ndarray, keep: np.ndarray) -> None:
+    """The table after RowScheduler.compaction: rows `sel` in order, kept ones with their pages (one shard)."""
+    if len(self.free) != 1:
+      raise ValueError("PageTable: rows split over shards are not compacted")
+    self.table, self.held = self.table[sel], np.where(keep, self.held[sel], 0)
+    self.table[~keep] = self.num_pages
+    self.rows_per_shard = len(sel)

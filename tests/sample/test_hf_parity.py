@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 from helpers import convert_hf, make_hf_llama  # noqa: E402
 
 from hb_jax import api  # noqa: E402
+from hb_jax.config import SampleConfig  # noqa: E402
 from hb_jax.sample.sampling import Sampling  # noqa: E402
 
 from .common import assert_greedy_equal, random_prompts  # noqa: E402
@@ -43,9 +44,13 @@ def test_greedy_and_loglikelihood_match_transformers(tmp_path):
   eos = _hf_greedy(hf, prompts[1], eos_id=None)[0][4]
   ours = lm.generate(prompts, MAX_NEW, return_logprobs=True)  # the model's own EOS (2)
   got = lm.sampler().generate(prompts, max_new_tokens=MAX_NEW, eos_ids=(eos,), sampling=Sampling())
+  # The paged cache (pages of 4 slots, read page by page up to each row's length) too.
+  paged = lm.sampler(SampleConfig(page_size=4)).generate(prompts, max_new_tokens=MAX_NEW, eos_ids=(eos,),
+                                                         sampling=Sampling())
   for i, p in enumerate(prompts):
     ref, margins = _hf_greedy(hf, p, eos)
     assert_greedy_equal(got[i].tokens, ref, margins, f"prompt {i}")
+    assert_greedy_equal(paged[i].tokens, ref, margins, f"prompt {i} (paged)")
     ref_default, margins_d = _hf_greedy(hf, p, lm.cfg.eos_id)
     assert_greedy_equal(ours[i][0], ref_default, margins_d, f"prompt {i} (model eos)")
   # Teacher-forced scores of HF's own continuations.

@@ -1,5 +1,6 @@
 """The KV-cache sampler: exactness against full recomputation, stopping rules, and invariance to batch
-composition, shared-prefix reuse and continuous-batching refills."""
+composition, shared-prefix reuse and continuous-batching refills; each with a contiguous cache per row and
+with a paged cache (pages of 4 slots: rows of 16 to 24 slots grow over several pages, refills reuse them)."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,17 @@ def sampler(model):
 
 
 @pytest.fixture(scope="module")
+def paged(model):
+  return Sampler(model, config=dataclasses.replace(TEST_SAMPLE, page_size=4))
+
+
+@pytest.fixture(params=["contiguous", "paged"])
+def any_sampler(request, sampler, paged):
+  """Both cache layouts, for the tests of what they must share: exactness, release, invariances."""
+  return sampler if request.param == "contiguous" else paged
+
+
+@pytest.fixture(scope="module")
 def prompts():
   return random_prompts(LENGTHS, seed=1)
 
@@ -36,8 +48,8 @@ def reference(model, prompts):
   return [greedy_reference(model, p, MAX_NEW) for p in prompts]
 
 
-def test_greedy_with_cache_equals_full_recomputation(sampler, prompts, reference):
-  out = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=())
+def test_greedy_with_cache_equals_full_recomputation(any_sampler, prompts, reference):
+  out = any_sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=())
   for i, (c, (ref, margins)) in enumerate(zip(out, reference)):
     assert_greedy_equal(c.tokens, ref, margins, f"prompt {i}")
     assert c.finish_reason == "length" and len(c.logprobs) == len(c.tokens)
@@ -76,10 +88,10 @@ def test_stop_sequence_is_excluded(sampler, prompts, reference):
     assert both.tokens.tolist() == want
 
 
-def test_stop_strings_release_the_row(sampler, prompts, reference):
-  sampler.detokenize = lambda ids: " ".join(f"t{i}" for i in ids)
+def test_stop_strings_release_the_row(any_sampler, prompts, reference):
+  any_sampler.detokenize = lambda ids: " ".join(f"t{i}" for i in ids)
   ref = reference[2][0]
-  out = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
+  out = any_sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
                          stop_strings=[f"t{ref[1]} t{ref[2]}"])[2]
   assert out.tokens.tolist() == ref[:3] and out.finish_reason == "stop"
 
@@ -94,32 +106,32 @@ def _assert_same(a, b):
   np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_composition_invariance(sampler, prompts):
+def test_batch_composition_invariance(any_sampler, prompts):
   # One 16-token bucket: five prompts on four rows (so one is refilled), in two orders, and beside others.
   group = [prompts[1], prompts[3], prompts[5]] + random_prompts([10, 15], seed=11)
   seeds = np.stack([np.full(5, 5, np.uint32), np.arange(5, dtype=np.uint32)], 1)
-  together = _sampled(sampler, group, seeds)
+  together = _sampled(any_sampler, group, seeds)
   order = [4, 2, 0, 3, 1]
-  shuffled = _sampled(sampler, [group[i] for i in order], seeds[order])
+  shuffled = _sampled(any_sampler, [group[i] for i in order], seeds[order])
   for j, i in enumerate(order):
     _assert_same(shuffled[j], together[i])
-  mixed = _sampled(sampler, [random_prompts([13], seed=12)[0], group[1], group[4]], seeds[[0, 1, 4]])
+  mixed = _sampled(any_sampler, [random_prompts([13], seed=12)[0], group[1], group[4]], seeds[[0, 1, 4]])
   _assert_same(mixed[1], together[1])
   _assert_same(mixed[2], together[4])
 
 
-def test_prefix_reuse_and_refills_change_nothing(model, sampler):
+def test_prefix_reuse_and_refills_change_nothing(model, any_sampler):
   prefix = random_prompts([20], seed=7)[0]
   tails = random_prompts([2, 6, 1, 8, 4, 3, 7], seed=8)
   prompts = [prefix + t for t in tails]
   refs = [greedy_reference(model, p, MAX_NEW) for p in prompts]
   # Stop sequences end rows after different numbers of tokens, so 7 rows on 4 slots get refilled.
   stops = [tuple(r[k:k + 2]) for (r, _), k in zip(refs, (1, 5, 2, 6, 0, 3, 4))]
-  before = dict(sampler.stats)
-  got = sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
+  before = dict(any_sampler.stats)
+  got = any_sampler.generate(prompts, max_new_tokens=MAX_NEW, sampling=Sampling(), eos_ids=(),
                          stop_sequences=stops)
-  assert sampler.stats["prefix_tokens"] - before.get("prefix_tokens", 0) == 20
-  assert sampler.stats["prefill_rows"] - before.get("prefill_rows", 0) > 4, "expected refills"
+  assert any_sampler.stats["prefix_tokens"] - before.get("prefix_tokens", 0) == 20
+  assert any_sampler.stats["prefill_rows"] - before.get("prefill_rows", 0) > 4, "expected refills"
   for i, (c, (ref, margins)) in enumerate(zip(got, refs)):
     cut = min((j for j in range(len(ref) - 1) if tuple(ref[j:j + 2]) in stops), default=len(ref))
     assert_greedy_equal(c.tokens, ref[:cut], margins, f"prompt {i}")
@@ -155,3 +167,11 @@ def test_tail_shrinks_the_batch_and_keeps_utilisation_high(model):
   assert len({c.num_decoded for c in out}) > 8
   assert sampler.compilations["compact"] >= 2
   assert sampler.stats["useful_decode_tokens"] / sampler.stats["decode_slots"] >= 0.9, dict(sampler.stats)
+
+
+def test_paged_cache_samples_what_the_contiguous_one_does(sampler, paged, prompts):
+  """Sampled (temperature 1, top-p 0.9), not only greedy: the same tokens, log-probs within float tolerance,
+  with refills (6 prompts on 4 rows) and the tail compacted."""
+  seeds = np.stack([np.full(6, 3, np.uint32), np.arange(6, dtype=np.uint32)], 1)
+  for a, b in zip(_sampled(sampler, prompts, seeds), _sampled(paged, prompts, seeds)):
+    _assert_same(a, b)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from hb_jax.sample.programs import FINISH_EOS, FINISH_LENGTH, FINISH_RELEASED, FINISH_STOP, RUNNING
-from hb_jax.sample.scheduler import RowScheduler, StopRules, batches, pack_rows
+import pytest
+
+from hb_jax.sample.scheduler import PageTable, RowScheduler, StopRules, batches, pack_rows
 
 
 def test_pack_rows_left_and_right():
@@ -80,3 +82,32 @@ def test_stop_rules_make_completions():
   assert (c.tokens.tolist(), c.finish_reason, c.num_decoded) == ([1, 2], "stop", 2)
   assert words.completion([1, 3, 2], [0.0] * 3, RUNNING) is None
   assert words.completion([1, 3, 2], [0.0] * 3, FINISH_LENGTH).finish_reason == "length"
+
+
+def test_page_table_hands_out_and_takes_back_pages():
+  t = PageTable(batch=4, slots=10, page_size=4)  # 3 pages a row, 12 in the pool
+  assert (t.per_row, t.num_pages) == (3, 12) and (t.table == 12).all()
+  t.grow(0, 5)
+  t.grow(1, 1)
+  t.grow(0, 6)  # still within its 2 pages
+  assert t.table[0].tolist() == [0, 1, 12] and t.table[1].tolist() == [2, 12, 12]
+  t.grow(0, 99)  # never more than a row's worth
+  assert t.table[0].tolist() == [0, 1, 3]
+  t.release(0)
+  assert (t.table[0] == 12).all()
+  t.grow(2, 8)  # freed pages go back to the end of the queue: the fresh ones first
+  assert t.table[2].tolist() == [4, 5, 12]
+  assert t.rows(np.array([1, 4])).tolist() == [[2, 12, 12], [12, 12, 12]]  # row 4: a refill's padding
+  t.compacted(np.array([2, 1]), np.array([True, False]))
+  assert t.table.tolist() == [[4, 5, 12], [12, 12, 12]]
+
+
+def test_page_table_keeps_each_shards_rows_on_its_pages():
+  t = PageTable(batch=4, slots=8, page_size=4, shards=2)  # rows 0-1 on pages 0-3, rows 2-3 on pages 4-7
+  for row in range(4):
+    t.grow(row, 8)
+  assert t.table.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  with pytest.raises(ValueError, match="not compacted"):
+    t.compacted(np.array([0, 2]), np.array([True, True]))
+  with pytest.raises(ValueError, match="do not split"):
+    PageTable(batch=3, slots=8, page_size=4, shards=2)

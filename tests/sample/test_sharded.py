@@ -1,6 +1,8 @@
 """8-device generation and scoring (data x fsdp x tensor = 2 x 2 x 2, serving rules) equal one device."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -25,9 +27,12 @@ def test_sharded_generation_and_scoring_equal_single_device():
   assert "tensor" in tuple(kv_spec), kv_spec  # 2 KV heads split over tensor=2
   got = sharded.generate(prompts, **kw)
   want = Sampler(model, None, TEST_SAMPLE).generate(prompts, **kw)
-  for a, b in zip(got, want):
-    assert a.tokens.tolist() == b.tokens.tolist()
+  # A paged cache whose pool splits over the 4 batch shards: each shard's rows on its own pages.
+  paged = Sampler(model, mesh, dataclasses.replace(TEST_SAMPLE, page_size=4)).generate(prompts, **kw)
+  for a, b, c in zip(got, want, paged):
+    assert a.tokens.tolist() == b.tokens.tolist() == c.tokens.tolist()
     np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
   ctxs, conts = prompts, random_prompts([3, 1, 4, 2], seed=6)
   np.testing.assert_allclose(Scorer(model, mesh, TEST_SAMPLE).loglikelihood(ctxs, conts),
                              Scorer(model, None, TEST_SAMPLE).loglikelihood(ctxs, conts), rtol=1e-5)
