@@ -254,3 +254,38 @@ def test_7b_decode_compiles_for_tpu(name, data, tensor, page_size, compare):
     _, dense_args, _, _ = out["dense einsum, contiguous cache"]
     assert abs(dense_args - arguments) < 2**20  # the same cache bytes, paged or contiguous
     assert out["gather pages (plain JAX)"][2] >= pool_bytes  # the portable gather copies the live cache
+
+
+@needs_libtpu
+def test_the_samplers_paged_decode_runs_the_kernel_on_tpu():
+  """The decode program the Sampler runs over a paged cache (programs.decode, `auto` attention), compiled for
+  a v5e-8 slice with rows over data=2 and heads over tensor=4: attention resolves to the kernel, which runs
+  on each device's rows and heads."""
+  import dataclasses
+
+  from hb_jax.config import ModelConfig
+  from hb_jax.model.llama import abstract_model
+  from hb_jax.parallel import SERVE_RULES, param_shardings
+  from hb_jax.sample import programs as sp
+  from hb_jax.sample.sampling import Sampling
+
+  cfg = ModelConfig(vocab_size=512, hidden_size=1024, intermediate_size=512, num_layers=1, num_heads=8,
+                    num_kv_heads=8, max_position_embeddings=512, dtype="bfloat16", param_dtype="bfloat16")
+  target = _tpu("v5e-8")
+  mesh = make_mesh(MeshConfig(2, 1, 4), target.devices, all_devices=target.devices)
+  graphdef, state = abstract_model(dataclasses.replace(cfg, attention="auto"))
+  rows, slots, page, max_new = 8, 256, 64, 16
+  spec = sp.DecodeSpec(Sampling(), max_new, 8)
+  rule = jax.tree.map(lambda a: _sds(mesh, a.shape, a.dtype, P()), sp.StopRule.make((2,), ()))
+  with jax.set_mesh(mesh):
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
+                          param_shardings(state, SERVE_RULES, mesh))
+    decode_state = jax.eval_shape(lambda: sp.init_state(cfg, rows, slots, max_new, page))
+    replicated = NamedSharding(mesh, P())
+    compiled = sp.decode.lower(graphdef, params, decode_state, rule, None,
+                               jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=replicated),
+                               jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+                               _sds(mesh, (rows, slots // page), jnp.int32, P()), spec=spec).compile()
+  hlo = compiled.as_text()
+  assert 'custom_call_target="tpu_custom_call"' in hlo and "ragged_paged_attention" in hlo
+  assert "bf16[4,2,128]" in hlo  # 4 rows and 2 of the 8 heads per device

@@ -18,9 +18,12 @@ cache is, [B, kv_heads, S, head_dim].
            in interpret mode off TPU (tests). It masks by index, so it applies where index order is
            position order within every segment: rows without a KV cache (training, packed or left-padded).
   cudnn    jax.nn.dot_product_attention(implementation="cudnn") on GPUs with the rule as a dense mask.
-  ragged   (not a choice: what `auto` and `chunked` run over a KV cache) the online softmax over key blocks
-           in a loop that stops at the batch's longest live row (`Source.live`), so a decode step reads
-           the slots rows have filled, not the whole allocated cache. Forward only (inference).
+  ragged   (not a choice: what `chunked` runs over a KV cache, and `auto` off CPU) the online softmax over
+           key blocks in a loop that stops at the batch's longest live row (`Source.live`), so a decode step
+           reads the slots rows have filled, not the whole allocated cache. Forward only (inference). Over a
+           paged cache (`PagedSource`) its blocks are the rows' pages, gathered through the page table.
+  paged_tpu  (not a choice: `auto` on TPU over a paged cache, where hb_jax.model.ragged_tpu.shape_problem
+           allows) ragged_paged_attention, which reads the live pages in place.
 
 A shared prefix (one batch-less K/V every row attends before its own keys, e.g. the curation rubric) is a
 second source: each source gives (out, lse), and the two merge exactly,
@@ -78,7 +81,7 @@ class Source(NamedTuple):
 
 class PagedSource(NamedTuple):
   """A paged KV cache as a source (hb_jax.model.kv_cache.PagedKVCache): one layer's page pool [pages,
-  page_size, K, 2, H], the page table [B, pages_per_row], positions and segment ids per logical slot [B, S],
+  page_size, 2K, H] (K of head h at 2h, V at 2h + 1), the page table [B, pages_per_row], positions and segment ids per logical slot [B, S],
   and the live lengths [B]."""
   pages: Array
   page_table: Array
@@ -441,7 +444,8 @@ def _ragged(q: Array, q_pos: Array, q_seg: Array, src: "Source | PagedSource", b
     unseen = (start + slot >= j * bk)[None]  # the clamped last block: slots before j * bk are counted
     kseg = jnp.where(unseen, take(src.seg, 1), -2)  # -2 matches no query's segment
     if isinstance(src, PagedSource):
-      kv = jnp.take(src.pages, src.page_table[:, j], axis=0, mode="clip")  # [B, page, K, 2, H]
+      kv = jnp.take(src.pages, src.page_table[:, j], axis=0, mode="clip")  # [B, page, 2K, H]
+      kv = kv.reshape(b, bk, kh, 2, h)
       kj, vj = kv[..., 0, :].transpose(0, 2, 1, 3), kv[..., 1, :].transpose(0, 2, 1, 3)
     else:
       kj, vj = take(src.k, 2), take(src.v, 2)
@@ -461,9 +465,9 @@ def _ragged(q: Array, q_pos: Array, q_seg: Array, src: "Source | PagedSource", b
 
 def gathered(src: PagedSource, dtype) -> Source:
   """The paged cache as a contiguous one ([B, K, slots, H], every page of every row copied): `xla`'s read."""
-  kv = jnp.take(src.pages, src.page_table, axis=0, mode="clip")  # [B, n, page, K, 2, H]
-  b, n, ps, kh, _, h = kv.shape
-  kv = kv.reshape(b, n * ps, kh, 2, h).transpose(3, 0, 2, 1, 4).astype(dtype)
+  kv = jnp.take(src.pages, src.page_table, axis=0, mode="clip")  # [B, n, page, 2K, H]
+  b, n, ps, kh2, h = kv.shape
+  kv = kv.reshape(b, n * ps, kh2 // 2, 2, h).transpose(3, 0, 2, 1, 4).astype(dtype)
   return Source(kv[0], kv[1], src.pos, src.seg, src.live)
 
 
@@ -482,8 +486,7 @@ def paged_tpu_attention(q: Array, src: PagedSource) -> Array:
     axes = () if row is None else (row,) if isinstance(row, str) else tuple(row)
     shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes)
   local = src.page_table - (jnp.arange(b, dtype=jnp.int32) // (b // shards))[:, None] * (num_pages // shards)
-  pool = src.pages.reshape(num_pages, src.page_size, 2 * kh, h).astype(q.dtype)
-  out = ragged_tpu.decode_attention(q.reshape(b, kh * g, h), pool, src.live, local)
+  out = ragged_tpu.decode_attention(q.reshape(b, kh * g, h), src.pages.astype(q.dtype), src.live, local)
   return out.reshape(b, 1, kh, g, h)
 
 

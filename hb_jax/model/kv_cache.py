@@ -7,8 +7,8 @@ slots carry segment id 0, which no real token has, so they are never attended to
 
 Two layouts of the keys and values, one bookkeeping (positions, segment ids, index per logical slot):
   KVCache       each row owns `slots` contiguous slots per layer ([B, kv_heads, slots, head_dim]).
-  PagedKVCache  one pool of fixed-size pages per layer ([pages, page_size, kv_heads, 2, head_dim], K and V
-                of a head side by side: ragged_paged_attention's interleaved layout after a free reshape),
+  PagedKVCache  one pool of fixed-size pages per layer ([pages, page_size, 2 x kv_heads, head_dim], K of
+                head h at 2h and its V at 2h + 1: ragged_paged_attention's layout, read by it in place),
                 and a page table: row b's slot i is slot i % page_size of page page_table[b, i // page_size].
                 The host hands pages out as rows grow and takes them back when a row finishes
                 (hb_jax.sample.scheduler.PageTable), so a refill writes straight into its pages and moving a
@@ -28,7 +28,7 @@ LAYER_KV_AXES = ("batch", "kv_heads", None, "head_dim")
 SLOT_AXES = ("batch", None)
 # A page pool's pages are split over the batch axes like the rows (each batch shard's rows get pages from
 # its own share, PageTable), heads over 'tensor' like the k/v projections.
-POOL_AXES = ("batch", None, "kv_heads", None, "head_dim")
+POOL_AXES = ("batch", None, "kv_heads", "head_dim")
 
 
 @struct.dataclass
@@ -99,7 +99,7 @@ class KVCache:
 
 @struct.dataclass
 class PagedKVCache:
-  pages: tuple[Array, ...]  # per layer [num_pages, page_size, kv_heads, 2, head_dim]: (K, V) of each head
+  pages: tuple[Array, ...]  # per layer [num_pages, page_size, 2 * kv_heads, head_dim]: K, V of head h at 2h, 2h+1
   page_table: Array  # int32 [batch, pages_per_row]; num_pages (out of range) where no page is assigned
   positions: Array  # int32 [batch, slots], slots = pages_per_row * page_size, as KVCache's
   segment_ids: Array  # int32 [batch, slots]
@@ -109,7 +109,7 @@ class PagedKVCache:
   def zeros(cls, num_layers: int, batch: int, slots: int, num_kv_heads: int, head_dim: int, page_size: int,
             num_pages: int, dtype=jnp.float32) -> "PagedKVCache":
     per_row = -(-slots // page_size)
-    shape = (num_pages, page_size, num_kv_heads, 2, head_dim)
+    shape = (num_pages, page_size, 2 * num_kv_heads, head_dim)
     return cls(pages=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
                page_table=jnp.full((batch, per_row), num_pages, jnp.int32),
                positions=jnp.zeros((batch, per_row * page_size), jnp.int32),
@@ -145,7 +145,7 @@ def write_pages(pages: Array, k: Array, v: Array, page_table: Array, index: Arra
   col_bt = jnp.minimum(slots_bt // page_size, page_table.shape[1] - 1)
   page_bt = jnp.where(slots_bt // page_size < page_table.shape[1],
                       jnp.take_along_axis(page_table, col_bt, axis=1), pages.shape[0])
-  kv = jnp.stack([k, v], axis=3).astype(pages.dtype)  # [B, T, K, 2, H]
+  kv = jnp.stack([k, v], axis=3).reshape(b, t, -1, k.shape[-1]).astype(pages.dtype)  # [B, T, 2K, H]
   return pages.at[page_bt, slots_bt % page_size].set(kv, mode="drop")
 
 

@@ -204,6 +204,9 @@ class PipelineConfig:
   # pads to is a set of programs to compile. Like `mesh`, how a stage runs, not what it computes, so no
   # stage's hash holds it (outputs are bitwise the same only for the same batch plan).
   length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
+  # The generation stages' KV cache: 0 one contiguous buffer per row, N pages of N slots (SampleConfig's
+  # page_size, docs/attention.md). Layout too: in no stage's hash.
+  page_size: int = 0
   progress: bool = True
 
   def __post_init__(self):
@@ -217,8 +220,8 @@ class PipelineConfig:
 
 def engine(cfg: PipelineConfig, **settings) -> SampleConfig:
   """The sampling/scoring engines' plan for an inference stage of this run: its batch settings (`settings`,
-  e.g. max_batch=) over the run's length buckets."""
-  return SampleConfig(length_buckets=cfg.length_buckets, **settings)
+  e.g. max_batch=) over the run's length buckets and KV page size."""
+  return SampleConfig(length_buckets=cfg.length_buckets, page_size=cfg.page_size, **settings)
 
 
 def from_config_dict(cd) -> PipelineConfig:

@@ -18,10 +18,11 @@ A5 = rating 5 (generate) or rating >= 4.5 (digits, likelihood); A4 = rating >= 4
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
-from hb_jax.config import DEFAULT_LENGTH_BUCKETS, SampleConfig
+from hb_jax.config import SampleConfig
 from hb_jax.data import prompts
 from hb_jax.sample import plan, scoring
 
@@ -61,37 +62,37 @@ def encoder(method: str, tok, *, style: prompts.PromptStyle, tag_mode: str) -> C
 
 
 def score_encoded(method: str, lm, candidates: Sequence[dict], encoded: Sequence[Any], *, curate, style: prompts.PromptStyle,
-                  tag_mode: str, length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> list[dict]:
+                  tag_mode: str, engine: SampleConfig = SampleConfig()) -> list[dict]:
   """Scores for `candidates` (encoded by `encoder(method, ...)` with the same style and tag_mode); each is
-  {"score", "rating_text"}, and "route" for generate. `length_buckets`: the engines' prompt buckets."""
+  {"score", "rating_text"}, and "route" for generate. `engine`: the run's engine layout (prompt buckets, KV
+  page size; hb_jax.pipeline.config.engine), its batch sizes set here from `curate`."""
   if not candidates:
     return []
-  buckets = tuple(length_buckets)
   if method == "generate":
     return _score_generate(lm, candidates, encoded, curate=curate, style=style, tag=rater_tag(tag_mode, style),
-                           buckets=buckets)
+                           engine=engine)
   if method == "digits":
-    return _score_digits(lm, encoded, batch=curate.batch, buckets=buckets)
+    return _score_digits(lm, encoded, batch=curate.batch, engine=engine)
   if method == "likelihood":
-    return _score_likelihood(lm, encoded, batch=curate.batch, buckets=buckets)
+    return _score_likelihood(lm, encoded, batch=curate.batch, engine=engine)
   raise ValueError(f"curation: unknown method {method!r}")
 
 
 def score(method: str, lm, candidates: Sequence[dict], *, style, tag_mode: str, curate,
-          length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> list[dict]:
+          engine: SampleConfig = SampleConfig()) -> list[dict]:
   """Scores for `candidates` with `method`; each is {"score", "rating_text"} (+ "route" for generate)."""
   encode = encoder(method, lm.tokenizer, style=style, tag_mode=tag_mode)
   return score_encoded(method, lm, candidates, [encode(c) for c in candidates], curate=curate, style=style,
-                       tag_mode=tag_mode, length_buckets=length_buckets)
+                       tag_mode=tag_mode, engine=engine)
 
 
 def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *, curate, style: prompts.PromptStyle,
-                    tag: str, buckets: tuple[int, ...]) -> list[dict]:
+                    tag: str, engine: SampleConfig) -> list[dict]:
   sp = curate.sampling
   seeds = [plan.seed_from_id(c["id"], sp.seed) for c in candidates]
   # The rubric every prompt starts with is prefilled once and attended by every row (SampleConfig's
   # prefix_min_tokens): rows only compute the candidate and the rating they write.
-  cfg = SampleConfig(max_batch=curate.batch, length_buckets=buckets)
+  cfg = dataclasses.replace(engine, max_batch=curate.batch)
   outs = lm.generate(list(ids), sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
                      seed=seeds, config=cfg)
   texts = [lm.tokenizer.decode(o) for o in outs]
@@ -104,7 +105,7 @@ def _score_generate(lm, candidates: Sequence[dict], ids: Sequence[list[int]], *,
       queries.append(prompts.rating_query(lm.tokenizer, c["instruction"], c["output"],
                                           reasoning_before_score(texts[i], finished=len(outs[i]) < sp.max_new_tokens),
                                           style=style, tag=tag))
-    for i, q in zip(lost, _score_digits(lm, queries, batch=curate.batch, buckets=buckets)):
+    for i, q in zip(lost, _score_digits(lm, queries, batch=curate.batch, engine=engine)):
       res[i] = {"score": q["score"], "rating_text": f"{texts[i]}\n[fallback] {q['rating_text']}", "route": "fallback"}
   else:
     for i in lost:
@@ -120,20 +121,20 @@ def reasoning_before_score(text: str, finished: bool) -> str:
   return text.rsplit("\n", 1)[0] if "\n" in text else ""
 
 
-def _score_digits(lm, queries: Sequence[prompts.RatingQuery], *, batch: int, buckets: tuple[int, ...]) -> list[dict]:
+def _score_digits(lm, queries: Sequence[prompts.RatingQuery], *, batch: int, engine: SampleConfig) -> list[dict]:
   digit_ids = queries[0].digit_ids
   if any(q.digit_ids != digit_ids for q in queries):
     raise ValueError("score_digits: the digit tokens differ between candidates")
-  probs = lm.scorer(SampleConfig(score_batch=batch, length_buckets=buckets)).candidate_distribution([q.context for q in queries], digit_ids)
+  probs = lm.scorer(dataclasses.replace(engine, score_batch=batch)).candidate_distribution([q.context for q in queries], digit_ids)
   ratings = scoring.expected_value(probs, range(1, 6))
   return [{"score": round(float(r), 4), "rating_text": " ".join(f"{d}:{float(x):.3f}" for d, x in zip(RATING_DIGITS, p))}
           for p, r in zip(probs, ratings)]
 
 
 def _score_likelihood(lm, pairs: Sequence[tuple[list[int], list[int]]], *, batch: int,
-                      buckets: tuple[int, ...]) -> list[dict]:
+                      engine: SampleConfig) -> list[dict]:
   ctx, cont = [p[0] for p in pairs], [p[1] for p in pairs]
-  ll = lm.scorer(SampleConfig(score_batch=batch, length_buckets=buckets)).loglikelihood(ctx, cont)
+  ll = lm.scorer(dataclasses.replace(engine, score_batch=batch)).loglikelihood(ctx, cont)
   out = []
   for total, k in zip(ll, cont):
     mean = float(total) / max(1, len(k))

@@ -342,7 +342,7 @@ def curate(ctx: Context, t: int) -> dict[str, str]:
 
     def fn(chunk, encoded, method=method):
       scores = curation.score_encoded(method, lm, chunk, encoded, curate=c, style=ctx.style,
-                                      tag_mode=ctx.train_tag_mode, length_buckets=ctx.cfg.length_buckets)
+                                      tag_mode=ctx.train_tag_mode, engine=engine(ctx.cfg))
       return [{**x, **s, "method": method, "iteration": t, "rated_by": rated_by, "candidate_id": x["id"]}
               for x, s in zip(chunk, scores)]
 

@@ -185,8 +185,9 @@ def _ints(mesh, *shape, dtype=jnp.int32):
 
 
 def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, sampling_cfg, batch: int,
-                      target) -> list[Program]:
-  """The sampler's programs for one generation stage at its batch (per process), bucket and cache sizes."""
+                      target, page_size: int = 0) -> list[Program]:
+  """The sampler's programs for one generation stage at its batch (per process), bucket and cache sizes;
+  page_size > 0: over a paged KV cache (its pool holds every row's worst case, the contiguous cache's bytes)."""
   from hb_jax.sample import programs as sp
   from hb_jax.sample.prefix import padded_prefix
   from hb_jax.sample.sampling import Sampling
@@ -202,7 +203,10 @@ def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, samplin
   B = batch
   rule = sp.StopRule.make(cfg.eos_ids, ())
   rule_abs = jax.tree.map(lambda x: abstract(x, replicated(mesh)), rule)
-  base_key = (cfg, serve.mesh.shape_tuple, B, slots, max_new, prefix_slots)
+  base_key = (cfg, serve.mesh.shape_tuple, B, slots, max_new, prefix_slots, page_size)
+  per_row = -(-slots // page_size) if page_size else 0
+  table = (_ints(mesh, B, per_row),) if page_size else ()
+  table_kind = ("inputs",) if page_size else ()
   compute = _compute(cfg, target)
   kv_bytes = jnp.dtype(compute).itemsize
   weight_bytes = jnp.dtype(cfg.param_dtype).itemsize
@@ -213,7 +217,8 @@ def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, samplin
   weights, kv, prefix_kv = parts["weights"], parts["kv_cache"], parts["prefix_cache"]
   row_state = rows * max_new * 8.0 + rows * slots * 8.0  # out tokens + logprobs; cache positions + segment ids
   shape = f"{B} rows x {slots} slots ({bucket} prompt + {max_new} new)" + (
-      f" + {prefix_slots} shared" if prefix_slots else "") + f", compute {compute}, weights {cfg.param_dtype}"
+      f" + {prefix_slots} shared" if prefix_slots else "") + (f", pages of {page_size}" if page_size else "") + \
+      f", compute {compute}, weights {cfg.param_dtype}"
   out: list[Program] = []
 
   if prefix_slots:
@@ -234,8 +239,8 @@ def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, samplin
     return outputs.get(f"prefix:{prefix_slots}") if prefix_slots else None
 
   def build_init(_):
-    return sp.init_state, (cfg, B, slots, max_new), {}
-  out.append(Program(stage, "init_state", mesh, build_init, ("static",) * 4,
+    return sp.init_state, (cfg, B, slots, max_new, page_size), {}
+  out.append(Program(stage, "init_state", mesh, build_init, ("static",) * 5,
                      _est(0.0, kv + row_state, 0.0), 0.0, shape, ("init",) + base_key, produces=f"state:{base_key}"))
 
   def build_refill(outputs):
@@ -243,20 +248,21 @@ def generate_programs(stage: str, est: StageEstimate, serve: ServeSetup, samplin
     arrays = (_ints(mesh, R, T), _ints(mesh, R, T), _ints(mesh, R, T), _ints(mesh, R, 2, dtype=jnp.uint32),
               _ints(mesh, R))
     return sp.refill, (serve.graphdef, serve.params, outputs[f"state:{base_key}"], rule_abs, prefix_of(outputs),
-                       *arrays), {"spec": spec}
+                       *arrays, *table), {"spec": spec}
   refill_args = weights + kv + row_state + prefix_kv
   out.append(Program(stage, "refill", mesh, build_refill,
-                     ("static", "params", "cache", "inputs", "cache", "inputs", "inputs", "inputs", "inputs", "inputs"),
+                     ("static", "params", "cache", "inputs", "cache", "inputs", "inputs", "inputs", "inputs", "inputs")
+                     + table_kind,
                      _est(refill_args, kv + row_state, parts["refill_cache"] + parts["prefill_layer"], donated=True),
                      _prefill_flops(cfg, B, bucket, slots, prefix_slots) / target_size(mesh),
                      shape + f"; {B} prompts prefilled", ("refill",) + base_key + (spec,)))
 
   def build_decode(outputs):
     return sp.decode, (serve.graphdef, serve.params, outputs[f"state:{base_key}"], rule_abs, prefix_of(outputs),
-                       _ints(mesh, B, dtype=jnp.bool_), _ints(mesh)), {"spec": spec}
+                       _ints(mesh, B, dtype=jnp.bool_), _ints(mesh), *table), {"spec": spec}
   logits = parts["logits_and_state"] - rows * slots * 8.0
   out.append(Program(stage, "decode", mesh, build_decode, ("static", "params", "cache", "inputs", "cache",
-                                                            "inputs", "inputs"),
+                                                            "inputs", "inputs") + table_kind,
                      _est(weights + kv + row_state + prefix_kv, kv + row_state, logits, donated=True),
                      _decode_flops(cfg, B, slots, prefix_slots) / target_size(mesh),
                      shape + "; per decode step", ("decode",) + base_key + (spec,),

@@ -125,7 +125,7 @@ def stage_programs(pcfg, est, serve_cfg: ModelConfig, target, serve: prog.ServeS
       out.append(prog.train_program(s.stage, s, tc, serve_cfg, target))
     elif s.kind == "generate":
       section = pcfg.augment if name == "augment" else pcfg.evaluate if name == "evaluate" else pcfg.curate
-      out += prog.generate_programs(s.stage, s, serve, section.sampling, section.batch, target)
+      out += prog.generate_programs(s.stage, s, serve, section.sampling, section.batch, target, pcfg.page_size)
     else:
       # generate's fallback is the digits forward after the reasoning: up to max_new_tokens more per row.
       extra = pcfg.curate.sampling.max_new_tokens if method == "fallback" else 0
