@@ -9,8 +9,9 @@ memory bandwidth (weights + KV cache read once per step); and the ceiling: the p
 steps at that roofline with nothing else, as tok/s and as the largest ratio to transformers it allows.
 Then the utilisation of continuous batching with mixed output lengths (useful decoded tokens / decoded
 slots) against what static batches would get. Then one decode step's time with rows filled to 25%, 50% and
-100% of a long cache (--live-slots), read whole (`model.attention=xla`, today's einsum) and ragged
-(`chunked`: key blocks up to the longest live row), in the same run.
+100% of a long cache (--live-slots): a contiguous cache read whole (`model.attention=xla`, the einsum) and
+a block at a time up to the longest row (`chunked`), and a paged cache read page by page (`sample.page_size`),
+in the same run.
 """
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ def main(argv: list[str]) -> dict:
   ap.add_argument("--quick", action="store_true", help="skip the no-cache and utilisation rows")
   ap.add_argument("--live-slots", type=int, default=2048, help="cache slots of the decode-step-vs-live rows")
   ap.add_argument("--live-batch", type=int, default=16)
+  ap.add_argument("--live-page-size", type=int, default=128, help="the paged cache's page of those rows")
   args = ap.parse_args(argv)
   batches = [int(b) for b in args.batches.split(",")]
 
@@ -202,12 +204,12 @@ def main(argv: list[str]) -> dict:
     print(f"continuous batching, mixed output lengths: utilisation {100 * util['utilisation']:.1f}% "
           f"(static batches would get {100 * util['static_utilisation']:.1f}%), {util['tokens_per_s']:.1f} tok/s, "
           f"{util['records']} prompts, compilations {util['compilations']}")
-  live = _decode_vs_live(lm, args.live_batch, args.live_slots)
-  print(f"decode step, {args.live_batch} rows x {args.live_slots} cache slots (ms):")
-  print(f"{'live':>6} {'xla':>8} {'ragged':>8} {'ragged/xla':>10} {'ragged vs 100%':>15}")
+  live = _decode_vs_live(lm, args.live_batch, args.live_slots, args.live_page_size)
+  names = list(live[1.0])
+  print(f"decode step, {args.live_batch} rows x {args.live_slots} cache slots, ms (and / its own 100% time):")
+  print(f"{'live':>6} " + " ".join(f"{n:>16}" for n in names))
   for f, r in live.items():
-    print(f"{100 * f:>5.0f}% {1e3 * r['xla']:>8.2f} {1e3 * r['chunked']:>8.2f} {r['chunked'] / r['xla']:>10.2f} "
-          f"{r['chunked'] / live[1.0]['chunked']:>15.2f}")
+    print(f"{100 * f:>5.0f}% " + " ".join(f"{1e3 * r[n]:>8.2f} ({r[n] / live[1.0][n]:.2f}x)" for n in names))
   main_row = next((r for r in rows if r["batch"] == 32), rows[-1])
   return dict(ours=round(main_row["ours"], 2), reference=round(main_row["reference"], 2),
               ratio=round(main_row["ratio"], 3), ceiling_ratio=round(main_row["ceiling_ratio"], 3), unit="tokens/s (greedy decode, batch %d)" % main_row["batch"],
@@ -218,13 +220,19 @@ def main(argv: list[str]) -> dict:
               compilations=dict(sampler.compilations),
               decode_step_vs_live={f"{round(100 * f)}%": {k: round(1e3 * v, 3) for k, v in r.items()}
                                    for f, r in live.items()},
-              ragged_25_over_100=round(live[0.25]["chunked"] / live[1.0]["chunked"], 3))
+              paged_25_over_100=round(live[0.25]["paged"] / live[1.0]["paged"], 3),
+              paged_100_over_xla=round(live[1.0]["paged"] / live[1.0]["xla"], 3))
 
 
-def _decode_vs_live(lm, batch: int, slots: int, steps: int = 8, fractions=(0.25, 0.5, 1.0)) -> dict:
-  """{fraction: {attention: seconds per decode step}} for rows whose caches hold `fraction` of `slots` at the
+LIVE_VARIANTS = (("xla", 0), ("chunked", 0), ("auto", 1))  # (model.attention, paged?)
+
+
+def _decode_vs_live(lm, batch: int, slots: int, page_size: int, steps: int = 8, fractions=(0.25, 0.5, 1.0)
+                    ) -> dict:
+  """{fraction: {variant: seconds per decode step}} for rows whose caches hold `fraction` of `slots` at the
   last of `steps` greedy steps (programs.decode on a state built here: K/V zeros, which costs what real
-  values cost). `xla` reads every allocated slot; `chunked` is the ragged read."""
+  values cost). `xla` reads every allocated slot of a contiguous cache; `chunked` reads it a block at a time
+  up to the longest row; `paged` is a paged cache (`page_size`, every page assigned) read page by page."""
   import dataclasses
 
   import jax
@@ -241,33 +249,33 @@ def _decode_vs_live(lm, batch: int, slots: int, steps: int = 8, fractions=(0.25,
   @jax.jit
   def filled(state, length):
     c = state.cache
-    used = jnp.arange(slots)[None] < length
+    used = jnp.arange(c.slots)[None] < length
     cache = c.replace(segment_ids=jnp.broadcast_to(used, c.segment_ids.shape).astype(jnp.int32),
-                      positions=jnp.broadcast_to(jnp.arange(slots) * used, c.positions.shape),
+                      positions=jnp.broadcast_to(jnp.arange(c.slots) * used, c.positions.shape),
                       index=jnp.full_like(c.index, length))
     return state.replace(cache=cache, done=jnp.zeros_like(state.done), positions=cache.index,
                          num_generated=jnp.ones_like(state.num_generated))
 
   out = {f: {} for f in fractions}
   with jax.set_mesh(lm.mesh):
-    for attention in ("xla", "chunked"):
+    for attention, paged in LIVE_VARIANTS:
       graphdef = abstract_model(dataclasses.replace(lm.cfg, attention=attention))[0]
+      ps = page_size if paged else 0
+      table = jnp.arange(batch * (-(-slots // ps)), dtype=jnp.int32).reshape(batch, -1) if paged else None
+      name = "paged" if paged else attention
       for f in fractions:
         length = int(f * slots) - steps
-        run = lambda: sp.decode(graphdef, lm.state, filled(sp.init_state(lm.cfg, batch, slots, spec.max_new_tokens),
-                                                           length), rule, None, jnp.zeros(batch, bool), never,
-                                spec=spec)
-        jax.block_until_ready(run())  # compile
 
         def timed():
-          state = filled(sp.init_state(lm.cfg, batch, slots, spec.max_new_tokens), length)
+          state = filled(sp.init_state(lm.cfg, batch, slots, spec.max_new_tokens, ps), length)
           jax.block_until_ready(state)
           t = time.perf_counter()
-          _, n = sp.decode(graphdef, lm.state, state, rule, None, jnp.zeros(batch, bool), never, spec=spec)
+          _, n = sp.decode(graphdef, lm.state, state, rule, None, jnp.zeros(batch, bool), never, table, spec=spec)
           assert int(n) == steps
           return time.perf_counter() - t
 
-        out[f][attention] = min(timed() for _ in range(3)) / steps
+        timed()  # compile
+        out[f][name] = min(timed() for _ in range(3)) / steps
   return out
 
 
