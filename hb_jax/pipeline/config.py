@@ -212,6 +212,8 @@ class PipelineConfig:
   def __post_init__(self):
     object.__setattr__(self, "length_buckets", tuple(int(b) for b in self.length_buckets))
     check_length_buckets(self.length_buckets, "length_buckets")
+    if self.page_size < 0:
+      raise ConfigError(f"page_size must be >= 0 (0: a contiguous KV cache per row), found {self.page_size}")
     if self.backward.direction != "backward":
       raise ConfigError(f"backward.direction must be 'backward', found {self.backward.direction!r}")
     if self.train.direction != "forward":
