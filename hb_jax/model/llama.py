@@ -317,7 +317,9 @@ class Llama(nnx.Module):
     """tokens, positions, segment_ids: int32[B, T]. Returns (float32 logits [B, T, V], updated cache).
 
     Defaults: positions 0..T-1, one segment per row. With a cache (`init_cache`), this call's tokens are
-    written at `cache.index` (per row) and attend to everything already in the cache. With a prefix (a
+    written at `cache.index` (per row) and attend to everything already in the cache. With a paged cache
+    (`init_paged_cache`, pages assigned in its table), one token per row does the same; several tokens are a
+    prefill into rows that must start empty (they attend to each other, not to what the rows held). With a prefix (a
     batch-1 cache of a shared prompt head, `prefix_cache`), every row also attends to it; the rows' positions
     continue after it.
 
