@@ -10,6 +10,8 @@ Two layouts of the keys and values, one bookkeeping (positions, segment ids, ind
   PagedKVCache  one pool of fixed-size pages per layer ([pages, page_size, 2 x kv_heads, head_dim], K of
                 head h at 2h and its V at 2h + 1: ragged_paged_attention's layout, read by it in place),
                 and a page table: row b's slot i is slot i % page_size of page page_table[b, i // page_size].
+                Only real tokens are stored, packed: a left-padded prompt's padding takes no slot and no
+                page, so a row's live length is its prompt plus what it generated.
                 The host hands pages out as rows grow and takes them back when a row finishes
                 (hb_jax.sample.scheduler.PageTable), so a refill writes straight into its pages and moving a
                 row to another batch position moves one row of the table, not its keys and values.
@@ -117,9 +119,18 @@ class PagedKVCache:
                index=jnp.zeros((batch,), jnp.int32))
 
   slots = KVCache.slots
-  advance = KVCache.advance
   moved = KVCache.moved
   per_layer = True
+
+  def advance(self, positions: Array, segment_ids: Array) -> "PagedKVCache":
+    """Records the positions/segments of the new tokens that are real (segment id > 0), packed from each
+    row's index on: padding (a left-padded prompt's head, a finished row's step) takes no slot and no page.
+    The caller moves the index on by `stored(segment_ids)` afterwards; the layers write K/V to the same
+    slots (write_pages)."""
+    dst_bt = stored_slots(segment_ids, self.index, self.slots)
+    rows_bt = jnp.broadcast_to(jnp.arange(dst_bt.shape[0], dtype=jnp.int32)[:, None], dst_bt.shape)
+    return self.replace(positions=self.positions.at[rows_bt, dst_bt].set(positions, mode="drop"),
+                        segment_ids=self.segment_ids.at[rows_bt, dst_bt].set(segment_ids, mode="drop"))
 
   @property
   def page_size(self) -> int:
@@ -134,14 +145,26 @@ class PagedKVCache:
     return self.replace(page_table=fn(self.page_table))
 
 
-def write_pages(pages: Array, k: Array, v: Array, page_table: Array, index: Array) -> Array:
-  """pages with the T new tokens' k, v [B, T, K, H] of row b written at its slots index[b] .. index[b]+T-1 (page
-  page_table[b, slot // page_size], offset slot % page_size), as one scatter. Rows whose page is unassigned
-  (the table's out-of-range id: finished, released or padding rows) are dropped, so they never touch a page
-  another row owns."""
+def stored_slots(segment_ids: Array, index: Array, slots: int) -> Array:
+  """int32 [B, T]: the slot each new token of a paged cache goes to, its real tokens (segment id > 0) packed
+  from the row's index on; `slots` (out of range: dropped) for padding."""
+  real = segment_ids > 0
+  return jnp.where(real, index[:, None] + jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1, slots)
+
+
+def stored(segment_ids: Array) -> Array:
+  """int32 [B]: how many of a call's tokens a paged cache stores per row (its real ones)."""
+  return jnp.sum(segment_ids > 0, axis=1, dtype=jnp.int32)
+
+
+def write_pages(pages: Array, k: Array, v: Array, page_table: Array, index: Array, segment_ids: Array) -> Array:
+  """pages with the real new tokens' k, v ([B, T, K, H], segment id > 0) of row b written from its slot
+  index[b] on, packed (stored_slots; page page_table[b, slot // page_size], offset slot % page_size), as one
+  scatter. Padding, and rows whose page is unassigned (the table's out-of-range id: finished, released or
+  padding rows), are dropped, so they never touch a page another row owns."""
   b, t = k.shape[:2]
   page_size = pages.shape[1]
-  slots_bt = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+  slots_bt = stored_slots(segment_ids, index, page_table.shape[1] * page_size)
   col_bt = jnp.minimum(slots_bt // page_size, page_table.shape[1] - 1)
   page_bt = jnp.where(slots_bt // page_size < page_table.shape[1],
                       jnp.take_along_axis(page_table, col_bt, axis=1), pages.shape[0])

@@ -33,7 +33,7 @@ from flax import nnx
 
 from hb_jax.config import ModelConfig
 from hb_jax.model import attention
-from hb_jax.model.kv_cache import KVCache, PagedKVCache, write_layer_rows, write_pages
+from hb_jax.model.kv_cache import KVCache, PagedKVCache, stored, write_layer_rows, write_pages
 from hb_jax.parallel import constrain, target_platform
 
 Array = jax.Array
@@ -179,7 +179,7 @@ class Attention(nnx.Module):
     b, t, n, hd = q.shape
     page_size = 0
     if isinstance(cache_meta, PagedKVCache):
-      pages = write_pages(cache_kv[0], k, v, cache_meta.page_table, cache_meta.index)
+      pages = write_pages(cache_kv[0], k, v, cache_meta.page_table, cache_meta.index, segment_ids)
       cache_kv = (pages,)
     if cache_kv is None or (isinstance(cache_meta, PagedKVCache) and t > 1):
       # Keys/values as [B, kv_heads, S, head_dim], the cache's layout, so one einsum serves both paths.
@@ -378,7 +378,7 @@ class Llama(nnx.Module):
     new_cache = None
     if cache is not None:
       if isinstance(cache, PagedKVCache):
-        new_cache = cache_meta.replace(pages=cache_kv[0]).moved(t)
+        new_cache = cache_meta.replace(pages=cache_kv[0]).moved(stored(segment_ids))
       else:
         new_cache = cache_meta.replace(k=cache_kv[0], v=cache_kv[1]).moved(t)
     return h, new_cache

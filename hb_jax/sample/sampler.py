@@ -130,19 +130,19 @@ class Sampler(Engine):
       seeds_r[:len(todo.requests)] = seeds[todo.requests]
       table = None
       if pages is not None:
-        for row in todo.rows[:len(todo.requests)]:
-          pages.grow(row, group.length)
+        for row, q in zip(todo.rows, todo.requests):
+          pages.grow(row, len(suffixes[q]))  # the padding is not stored
         table = jnp.asarray(pages.rows(todo.rows))
       return self.run(programs.refill, self.graphdef, self.params, state, rule, prefix_cache,
                       *map(jnp.asarray, (*arrays, seeds_r, todo.rows)), table, spec=spec)
 
     def decode_table(done, num_gen):
       """The page table for the next decode call: every running row can write its next chunk_steps tokens
-      (the token fed at a step goes to slot bucket + num_generated - 1)."""
+      (the token fed at a step goes to slot prompt length + num_generated - 1)."""
       if pages is None:
         return None
       for row in np.nonzero((rows.row_req >= 0) & ~done)[0]:
-        pages.grow(row, group.length + int(num_gen[row]) - 1 + spec.chunk_steps)
+        pages.grow(row, len(suffixes[rows.row_req[row]]) + int(num_gen[row]) - 1 + spec.chunk_steps)
       return jnp.asarray(pages.table)
 
     def finish_states(state):
