@@ -100,6 +100,13 @@ def test_resolve_picks_by_backend_and_says_why():
   assert A.resolve("auto", cached=True, backend="cpu", **long_cache) == "xla"  # slices copy on CPU
   assert A.resolve("chunked", cached=True, backend="cpu", **kw) == "ragged"
   assert A.resolve("xla", cached=True, backend="cpu", **long_cache) == "xla"
+  decode_7b = dict(q_shape=(64, 1, 32, 1, 128), kv_len=1280, dtype=jnp.bfloat16, cached=True, page_size=128)
+  assert A.resolve("auto", backend="tpu", **decode_7b) == "paged_tpu"  # ragged_paged_attention
+  assert A.resolve("auto", backend="tpu", prefix=True, **decode_7b) == "ragged"  # the kernel has no lse
+  assert A.resolve("auto", backend="cpu", **decode_7b) == "ragged"
+  assert A.resolve("xla", backend="tpu", **decode_7b) == "xla"
+  smollm2 = dict(decode_7b, q_shape=(64, 1, 3, 3, 64))  # head_dim 64, 3 KV heads: not the kernel's
+  assert A.resolve("auto", backend="tpu", **smollm2) == "ragged"
   assert A.resolve("cudnn", cached=False, backend="cpu", **kw) == "chunked"
   assert A.resolve("cudnn", cached=False, backend="gpu", **dict(kw, dtype=jnp.float32)) == "chunked"
   with pytest.raises(ValueError, match="model.attention: expected one of"):

@@ -104,9 +104,11 @@ def resolve(choice: str, *, q_shape, kv_len: int, cached: bool, dtype, backend: 
             page_size: int = 0, prefix: bool = False) -> str:
   """The implementation a call runs: `choice` if it applies to this call, else the portable one, said once.
 
-  `auto` picks by backend and shape: over a KV cache longer than one RAGGED_BLOCK, the ragged read (not on
-  CPU, where it is slower unless the scores are large); for rows without a cache, splash on TPU, cudnn on GPU where its constraints hold, and elsewhere xla while one
-  layer's scores are small (short rows), chunked above.
+  `auto` picks by backend and shape: over a paged cache (page_size > 0), TPU's ragged_paged_attention where
+  it applies, else the page-by-page read; over a contiguous KV cache longer than one RAGGED_BLOCK, the ragged
+  read (not on CPU, where it is slower unless the scores are large); for rows without a cache, splash on
+  TPU, cudnn on GPU where its constraints hold, and elsewhere xla while one layer's scores are small (short
+  rows), chunked above.
   """
   if choice not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention: expected one of {IMPLEMENTATIONS}, found {choice!r}")
