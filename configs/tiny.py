@@ -29,5 +29,10 @@ def get_config():
       # --stage=scaling: the tiny world's curated sets hold a handful of pairs, so two sizes of its 14 seed
       # pairs (human written, i.e. curated); the stage then needs only `prepare` before it.
       scaling=dict(sizes=(4, 12), steps=(2, 2), data="data/seed.jsonl"),
+      # One prompt bucket holds every prompt of this world (augment, curation and evaluation suffixes are all
+      # under 128 tokens; the rubric is a shared prefix): each bucket is a set of programs every launch
+      # compiles, and the tests launch this config a dozen times. How stages run, not what they compute: no
+      # stage's hash holds it.
+      length_buckets=(128, 256, 512, 1024, 2048, 4096, 8192),
   ))
   return c

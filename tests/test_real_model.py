@@ -268,9 +268,10 @@ def test_eval_generate_cli_wraps_prompts_in_the_models_chat_template(ours, greed
   src = tmp_path / "in.jsonl"
   src.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS))
   out = tmp_path / "out.json"
-  # The greedy test's prompts, budget and batch: the programs it compiled serve (the persistent cache of `work`).
+  # The greedy test's prompts, budget, batch and token rule (top_p 1, api.generate's default: greedy reads no
+  # top_p, but the programs are keyed by it): the programs `greedy` traced and compiled serve as they are.
   argv = ["--model", str(ours.path), "--input", str(src), "--output", str(out), "--temperature", "0",
-          "--max_new_tokens", str(NEW_TOKENS), "--batch", str(len(QUESTIONS)), "--chat_template"]
+          "--top_p", "1", "--max_new_tokens", str(NEW_TOKENS), "--batch", str(len(QUESTIONS)), "--chat_template"]
   assert eval_generate_main(argv) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["prompt_example"].startswith("<|im_start|>") and "[INST]" not in summary["prompt_example"]

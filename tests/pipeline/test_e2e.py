@@ -314,14 +314,12 @@ def test_a_refused_restart_deletes_nothing_and_a_corrupt_manifest_is_named(augme
     runner.run(cfg, copy, only="augment")
 
 
-def test_without_curation_the_run_finishes_and_m1_is_answered_once(augmented, tmp_path):
+def test_without_curation_the_run_finishes_and_m1_is_answered_once(full_run, tmp_path):
   """ablation.curation=False: train_1 on all candidates, no curate stages, and no_curation *is* m1, so its
   evaluation is m1's file, not a second generation pass over the held-out set."""
-  _, wd = augmented
-  copy = tmp_path / "copy"
-  shutil.copytree(wd, copy)
+  copy = _trimmed(full_run, tmp_path / "copy", ("prepare", "backward", "augment", "seed"))
   out = _run(copy, "--config.ablation.curation=false")
-  assert "ran ['seed', 'train_1', 'evaluate', 'report']" in out, out[-3000:]  # prepare..augment: the shared run's
+  assert "ran ['train_1', 'evaluate', 'report']" in out, out[-3000:]  # prepare..seed: the shared run's
   ev = copy / "evaluate"
   assert (ev / "no_curation.jsonl").read_bytes() == (ev / "m1.jsonl").read_bytes()
   assert (ev / "m1.jsonl").read_text().count("\n") > 0
@@ -337,9 +335,11 @@ def test_joint_model_without_tags_trains_rates_and_is_evaluated(augmented, tmp_p
   _, wd = augmented
   copy = tmp_path / "joint"
   shutil.copytree(wd, copy)
-  # One iteration, generate alone, a few held-out items: the ablations' paths, not another full run.
+  # One iteration, generate alone: the ablations' paths, not another full run. Shapes the shared run compiled:
+  # every held-out item, as there (its 11 make a batch of 16; 6 would make one of 8), and the 6 rows per step
+  # the shared run's backward model planned (the joint data would plan its own row count, a new program).
   overrides = {"ablation.joint": True, "ablation.tags": False, "evaluate.tag_mode": "none", "curate.iterations": 1,
-               "curate.compare": ("generate",), "ablation.baselines": False, "evaluate.max_items": 6}
+               "curate.compare": ("generate",), "ablation.baselines": False, "train.rows_per_micro_batch": 6}
   out = _run(copy, "--restart_from=backward", *(f"--config.{k}={v}" for k, v in overrides.items()))
   assert "ran ['backward', 'augment', 'seed', 'curate_1', 'train_1', 'evaluate', 'report']" in out, out[-3000:]
   joint = [json.loads(l) for l in (copy / "work/data/joint.jsonl").read_text().splitlines()]
@@ -361,8 +361,9 @@ def test_scaling_stage_on_the_shared_run(full_run, tmp_path, capsys):
   wd = tmp_path / "run"
   shutil.copytree(full_run, wd)
   # Test-only speed (compiling dominates): 128-token rows (the few longer seed pairs are truncated), 8 of them
-  # per step whatever N (each shape compiles anew), and 4 held-out items in batches of 4.
-  overrides = {"train.seq_len": 128, "train.rows_per_micro_batch": 8, "evaluate.max_items": 4, "evaluate.batch": 4}
+  # per step whatever N (each shape compiles anew). The held-out set is evaluated as the shared run's evaluate
+  # stage does (all 11 items, one batch of 16), so its compiled programs serve.
+  overrides = {"train.seq_len": 128, "train.rows_per_micro_batch": 8}
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   cfg = tiny_config(**overrides)
   # configs/tiny.py: sizes 4 and 12 of the seed pairs, 2 steps each; the README's command with tiny's config.
