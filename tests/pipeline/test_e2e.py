@@ -214,7 +214,8 @@ def test_changed_config_is_refused_naming_stage_and_keys(augmented, tmp_path):
     runner.run(tiny_config(**{"backward.num_steps": 5}), wd, only="augment")
   # ... while another layout (how it ran, not what it computed) is accepted: stages on different hardware.
   layout = tiny_config(**{"backward.mesh.tensor": 2, "backward.micro_batches": 2, "backward.log_every": 3,
-                          "length_buckets": (64, 256, 1024, 2048), "model.attention": "chunked"})
+                          "length_buckets": (64, 256, 1024, 2048), "model.attention": "chunked",
+                          "page_size": 64})
   assert runner.run(layout, wd, only="augment").skipped == ["augment"]
   # Tags mark forward data: the backward model (trained alone) does not depend on them. Manifests written
   # before this version recorded ablation.tags for it: the check sees that entry through today's keys.
@@ -318,7 +319,8 @@ def test_without_curation_the_run_finishes_and_m1_is_answered_once(full_run, tmp
   """ablation.curation=False: train_1 on all candidates, no curate stages, and no_curation *is* m1, so its
   evaluation is m1's file, not a second generation pass over the held-out set."""
   copy = _trimmed(full_run, tmp_path / "copy", ("prepare", "backward", "augment", "seed"))
-  out = _run(copy, "--config.ablation.curation=false")
+  # Its generation keeps a paged KV cache: the pipeline's page_size reaches the evaluate stage's sampler.
+  out = _run(copy, "--config.ablation.curation=false", "--config.page_size=16")
   assert "ran ['train_1', 'evaluate', 'report']" in out, out[-3000:]  # prepare..seed: the shared run's
   ev = copy / "evaluate"
   assert (ev / "no_curation.jsonl").read_bytes() == (ev / "m1.jsonl").read_bytes()
