@@ -138,7 +138,6 @@ def main(argv: list[str]) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
-  from flax import nnx
 
   from hb_jax import api
   from hb_jax.config import SampleConfig
