@@ -136,7 +136,6 @@ def main(argv: list[str]) -> dict:
   batches = [int(b) for b in args.batches.split(",")]
 
   import jax
-  import jax.numpy as jnp
   import torch
 
   from hb_jax import api
