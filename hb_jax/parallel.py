@@ -176,6 +176,17 @@ def _spec_entry(axes: Sequence[str]):
   return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
 
 
+def spec_ways(entry, mesh_shape: Mapping[str, int]) -> int:
+  """How many ways one PartitionSpec entry (None, a mesh axis, or a tuple of them) splits its dimension."""
+  axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return math.prod(mesh_shape[a] for a in axes)
+
+
+def batch_shards(batch: int, mesh_shape: Mapping[str, int], rules: Rules = TRAIN_RULES) -> int:
+  """How many shards a batch of `batch` rows is split over (logical_to_spec's rule for the 'batch' axis)."""
+  return spec_ways(logical_to_spec(("batch",), (batch,), rules, mesh_shape)[0], mesh_shape)
+
+
 def _param_spec_and_problems(name: str, logical_axes: Sequence[str | None], shape: Sequence[int], rules: Rules,
                              mesh_shape: Mapping[str, int]) -> tuple[P, list[str], list[str]]:
   """(spec, problems, replicated): a parameter's PartitionSpec, what no mesh can give it under these rules

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from hb_jax.config import ATTENTION_IMPLEMENTATIONS
-from hb_jax.parallel import TRAIN_RULES, logical_to_spec, target_platform
+from hb_jax.parallel import TRAIN_RULES, batch_shards, logical_to_spec, target_platform
 
 Array = jax.Array
 
@@ -482,11 +482,7 @@ def paged_tpu_attention(q: Array, src: PagedSource) -> Array:
   b, t, kh, g, h = q.shape
   num_pages = src.pages.shape[0]
   mesh = jax.sharding.get_abstract_mesh()
-  shards = 1
-  if not mesh.empty:
-    row = logical_to_spec(("batch",), (b,), TRAIN_RULES, dict(zip(mesh.axis_names, mesh.axis_sizes)))[0]
-    axes = () if row is None else (row,) if isinstance(row, str) else tuple(row)
-    shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes)
+  shards = 1 if mesh.empty else batch_shards(b, dict(zip(mesh.axis_names, mesh.axis_sizes)))
   local = src.page_table - (jnp.arange(b, dtype=jnp.int32) // (b // shards))[:, None] * (num_pages // shards)
   out = ragged_tpu.decode_attention(q.reshape(b, kh * g, h), src.pages.astype(q.dtype), src.live, local)
   return out.reshape(b, 1, kh, g, h)

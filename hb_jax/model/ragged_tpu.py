@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.ragged_paged_attention import kernel as _rpa
 from jax.sharding import PartitionSpec as P
 
-from hb_jax.parallel import SERVE_RULES, Rules, logical_to_spec
+from hb_jax.parallel import SERVE_RULES, Rules, logical_to_spec, spec_ways
 
 Array = jax.Array
 
@@ -170,7 +170,7 @@ def decode_attention(q: Array, kv_pages: Array, lengths: Array, page_table: Arra
   sizes = dict(mesh.shape)
   row, heads = logical_to_spec(("batch", "act_heads"), (b, n), rules, sizes)
   kv_heads = logical_to_spec(("batch", "act_kv_heads"), (b, k), rules, sizes)[1]  # whole (K, V) pairs
-  split = math.prod(sizes[a] for a in _axes(heads))
+  split = spec_ways(heads, sizes)
   local_problem = shape_problem(n // split, k // split, hd, page_size, q.dtype) if heads == kv_heads else None
   if heads != kv_heads:
     _say_once(f"{k} KV heads do not split like {n} query heads over the mesh; heads unsplit")
@@ -179,17 +179,13 @@ def decode_attention(q: Array, kv_pages: Array, lengths: Array, page_table: Arra
     _say_once(f"{n // split} query / {k // split} KV heads per device do not suit the kernel ({local_problem}); "
               "heads unsplit")
     heads = None
-  shards = math.prod(sizes[a] for a in _axes(row))
+  shards = spec_ways(row, sizes)
   if num_pages % shards:
     raise ValueError(f"decode_attention: {num_pages} pages do not split over the {shards} batch shards of the "
                      f"rows ({row}); each shard owns its rows' pages")
   q_spec, kv_spec = P(row, heads, None), P(row, None, heads, None)
   return jax.shard_map(per_device, mesh=mesh, in_specs=(q_spec, kv_spec, P(row), P(row, None)),
                        out_specs=q_spec, check_vma=False)(q, kv_pages, lengths, page_table)
-
-
-def _axes(entry) -> tuple[str, ...]:
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 _kernel = _rpa.ragged_paged_attention  # a module attribute, so the CPU tests can stand a reference in for it

@@ -10,7 +10,6 @@ fold_in(row key, t), so its sample never depends on its batch-mates, refills, or
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -21,7 +20,7 @@ from jax.sharding import Mesh
 from hb_jax.config import SampleConfig
 from hb_jax.model.kv_cache import KVCache
 from hb_jax.model.llama import Llama
-from hb_jax.parallel import SERVE_RULES, Rules, logical_to_spec
+from hb_jax.parallel import SERVE_RULES, Rules, batch_shards
 from hb_jax.sample import plan, programs
 from hb_jax.sample.engine import Engine
 from hb_jax.sample.programs import DecodeSpec, RUNNING, StopRule
@@ -94,12 +93,6 @@ class Sampler(Engine):
     for group in plan.group_by_length([len(s) for s in suffixes], cfg.length_buckets):
       yield from self._run_group(group, suffixes, seeds, spec, rule, stops, prefix_cache, p_len)
 
-  def _row_shards(self, batch: int) -> int:
-    """How many batch shards of the mesh a batch of `batch` rows is split over (logical_to_spec's rule)."""
-    spec = logical_to_spec(("batch",), (batch,), self.rules, dict(self.mesh.shape))[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-    return math.prod(self.mesh.shape[a] for a in axes)
-
   def generate(self, prompts, **kwargs) -> list[Completion]:
     """Completions in prompt order (see `stream` for the arguments)."""
     out: list[Completion | None] = [None] * len(prompts)
@@ -112,7 +105,7 @@ class Sampler(Engine):
     """One length bucket: the scheduler says what to run, the programs run it."""
     page_size = self.config.page_size
     batch = plan.bucket_batch(len(group.indices), self.config.max_batch)
-    shards = self._row_shards(batch)
+    shards = batch_shards(batch, dict(self.mesh.shape), self.rules)
     # Paged rows split over batch shards keep their shard's pages, so they are never compacted.
     rows = RowScheduler(group.indices, self.config.max_batch, self.config.refill_min,
                         compact=not page_size or shards == 1)
